@@ -1,0 +1,7 @@
+"""Layer implementations, one small class per Caffe type, found by type string.
+
+Importing this package fills the registry from the modules below.
+"""
+from .base import (TRAIN, TEST, Layer, LayerContext, channels_last_axis,  # noqa: F401
+                   layer_class, register, registered_types)
+from . import data, vision, neuron, common, loss  # noqa: F401,E402  (registration)

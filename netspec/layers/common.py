@@ -1,0 +1,1 @@
+"""Layer implementations (common); see base.py for the contract."""

@@ -1,0 +1,1 @@
+"""Input, DummyData and Python layers."""

@@ -1,0 +1,1 @@
+"""Layer implementations (loss); see base.py for the contract."""

@@ -1,0 +1,1 @@
+"""Layer implementations (neuron); see base.py for the contract."""

@@ -1,0 +1,1 @@
+"""Layer implementations (vision); see base.py for the contract."""
