@@ -1,0 +1,328 @@
+"""Binary ``.caffemodel`` and ``.solverstate`` files, read and written fast.
+
+A ``.caffemodel`` is a serialized ``caffe.NetParameter`` whose layers carry
+their parameter blobs; a ``.solverstate`` is a ``caffe.SolverState`` whose
+``history`` blobs hold the solver's momentum.  Blobs are decoded and encoded
+at the wire level (``netspec.wire``); everything else goes through the real
+protobuf classes, parsed from the file's bytes with the blobs cut out.
+
+Weights are returned as ``{layer_name: [float32 array, ...]}`` in file order,
+one entry per layer (an empty list for layers without blobs).  Blobs stored
+with the legacy num/channels/height/width fields come back 4-D;
+``match_blob_shape`` applies Caffe's rule for fitting them to a net's blob.
+
+Read arrays are writable, aligned views into one buffer holding the file:
+keeping any of them alive keeps the whole file in memory.
+"""
+import os
+import secrets
+from typing import NamedTuple
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from netspec import wire
+from netspec.blob import Blob
+from netspec.errors import NetspecError
+from netspec.proto import caffe_pb2
+
+# Field numbers (BVLC caffe.proto).
+NET_LAYERS_V1, NET_LAYER = 2, 100
+V1_LAYER_V0, V1_NAME, V1_BLOBS = 1, 4, 6
+V0_BLOBS = 50
+LAYER_BLOBS = 7
+STATE_HISTORY = 3
+
+
+class SolverState(NamedTuple):
+    """The contents of a ``.solverstate``."""
+    iter: int
+    current_step: int
+    learned_net: str
+    history: list
+
+
+# ------------------------------------------------------------------ reading
+
+def read_caffemodel(path):
+    """Read a binary ``.caffemodel``: return ``(net_param, weights)``.
+
+    ``net_param`` is a ``caffe_pb2.NetParameter`` holding the layers' structure
+    without blob data (V1 ``layers`` stay V1); ``weights`` maps each layer's
+    name to its list of float32 arrays, in file order."""
+    buffer = _read_bytes(path)
+    decoder = wire.BlobDecoder(buffer)
+    structure = bytearray()
+    layer_blobs = []   # (field number, blobs) per layer, in file order
+    try:
+        for field in wire.iter_fields(decoder.view, 0, len(buffer)):
+            if field.number == NET_LAYER:
+                wire.expect_length_delimited(field, "layer")
+                body, blobs = _split_message(decoder, field.value, LAYER_BLOBS)
+            elif field.number == NET_LAYERS_V1:
+                wire.expect_length_delimited(field, "layers")
+                body, blobs = _split_message(decoder, field.value, V1_BLOBS, nested=V1_LAYER_V0)
+            else:
+                structure += decoder.view[field.start:field.end]
+                continue
+            structure += wire.length_header(field.number, len(body)) + body
+            layer_blobs.append((field.number, blobs))
+    except wire.WireError as e:
+        raise _invalid(path, "caffemodel", e, buffer) from None
+    except _BlobError as e:
+        raise NetspecError(f"{path}: {e}") from None
+    try:
+        net = caffe_pb2.NetParameter.FromString(bytes(structure))
+    except DecodeError as e:
+        raise NetspecError(f"{path}: not a valid .caffemodel (its layers do not parse as caffe.NetParameter: {e})") from None
+    return net, _name_weights(net, layer_blobs)
+
+
+def load_weights(path):
+    """The ``weights`` dict of ``read_caffemodel(path)``."""
+    return read_caffemodel(path)[1]
+
+
+def read_solverstate(path):
+    """Read a binary ``.solverstate``."""
+    buffer = _read_bytes(path, "solverstate")
+    decoder = wire.BlobDecoder(buffer)
+    structure = bytearray()
+    history = []
+    try:
+        for field in wire.iter_fields(decoder.view, 0, len(buffer)):
+            if field.number == STATE_HISTORY:
+                wire.expect_length_delimited(field, "history")
+                history.append(_blob_array(decoder, field.value, f"history blob {len(history)}"))
+            else:
+                structure += decoder.view[field.start:field.end]
+    except wire.WireError as e:
+        raise _invalid(path, "solverstate", e, buffer) from None
+    except _BlobError as e:
+        raise NetspecError(f"{path}: {e}") from None
+    try:
+        state = caffe_pb2.SolverState.FromString(bytes(structure))
+    except DecodeError as e:
+        raise NetspecError(f"{path}: not a valid .solverstate ({e})") from None
+    return SolverState(state.iter, state.current_step, state.learned_net, history)
+
+
+class _BlobError(Exception):
+    """A blob whose values do not fit its shape (message names the blob)."""
+
+
+def _split_message(decoder, span, blobs_field, nested=None):
+    """Cut the blobs out of the layer message at ``span``.
+
+    Returns ``(body, blobs)``: the message's bytes without its ``blobs_field``
+    fields, and those blobs decoded.  ``nested`` is the field number of a V0
+    layer inside a V1 layer, whose blobs (field 50) are cut out too."""
+    start, end = span
+    body = bytearray()
+    blobs = []
+    for field in wire.iter_fields(decoder.view, start, end):
+        if field.number == blobs_field:
+            wire.expect_length_delimited(field, "blobs")
+            blobs.append(_blob_array(decoder, field.value, f"blob {len(blobs)}"))
+        elif field.number == nested and field.wire_type == wire.LENGTH:
+            inner, inner_blobs = _split_message(decoder, field.value, V0_BLOBS)
+            body += wire.length_header(field.number, len(inner)) + inner
+            blobs.extend(inner_blobs)
+        else:
+            body += decoder.view[field.start:field.end]   # copied now: decoding blobs may move bytes
+    return bytes(body), blobs
+
+
+def _blob_array(decoder, span, what):
+    """Decode one BlobProto and give its values their shape (Caffe's count check)."""
+    blob = decoder.decode(*span)
+    expected = int(np.prod(blob.shape, dtype=np.int64))
+    if min(blob.shape, default=0) < 0 or expected != blob.values.size:
+        raise _BlobError(f"{what} at byte {span[0]} holds {blob.values.size} values "
+                         f"but its shape {_format_shape(blob.shape)} needs {expected}")
+    return blob.values.reshape(blob.shape)
+
+
+def _name_weights(net, layer_blobs):
+    """Key each layer's blobs by its name; as in Caffe, a later layer of the same name wins."""
+    names = {NET_LAYER: iter([layer.name for layer in net.layer]),
+             NET_LAYERS_V1: iter([layer.name or layer.layer.name for layer in net.layers])}
+    weights = {}
+    for number, blobs in layer_blobs:
+        weights[next(names[number])] = blobs
+    return weights
+
+
+def _read_bytes(path, kind="caffemodel"):
+    """The whole file as a bytearray (writable, so arrays viewing it are too)."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            buffer = bytearray(size)
+            view = memoryview(buffer)
+            done = 0
+            while done < size:
+                n = f.readinto(view[done:])
+                if not n:
+                    break
+                done += n
+            view.release()
+    except OSError as e:
+        raise NetspecError(f"{path}: cannot read the .{kind} ({e.strerror or e})") from None
+    if done < size:
+        del buffer[done:]
+    if not buffer:
+        raise NetspecError(f"{path}: the .{kind} is empty (was the download or snapshot cut short?)")
+    return buffer
+
+
+def _invalid(path, kind, error, buffer):
+    """The one-line error for a file that is not valid wire data."""
+    head = bytes(buffer[:256])
+    looks_like_text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+    hint = "; it looks like text, e.g. a prototxt: give it as the net definition instead" if looks_like_text else ""
+    return NetspecError(f"{path}: not a valid .{kind} ({error.reason} at byte {error.offset}){hint}")
+
+
+# ------------------------------------------------------------------ writing
+
+def write_caffemodel(path, net_param, weights):
+    """Write ``net_param``'s layers with their blobs from ``weights`` as a binary
+    ``.caffemodel`` (atomically: a temporary file, then a rename).
+
+    V2 ``layer`` entries are written as V2 with blobs in ``shape`` form; a net
+    that only has V1 ``layers`` is written as V1.  Layers without an entry in
+    ``weights`` get no blobs.  With ``net_param=None`` every entry of ``weights``
+    becomes a layer holding just its name and blobs."""
+    weights = {name: [_as_float32(a, name, i) for i, a in enumerate(arrays)]
+               for name, arrays in (weights or {}).items()}
+    if net_param is None:
+        net_param = caffe_pb2.NetParameter()
+        for name in weights:
+            net_param.layer.add(name=name)
+    known = {layer.name for layer in net_param.layer}
+    known.update(layer.name or layer.layer.name for layer in net_param.layers)
+    unknown = [name for name in weights if name not in known]
+    if unknown:
+        raise NetspecError(f"{path}: weights given for layer '{unknown[0]}', which the net does not have")
+    _write_atomically(path, _caffemodel_pieces(net_param, weights))
+
+
+def write_solverstate(path, iter, current_step, learned_net, history):
+    """Write a binary ``.solverstate`` (atomically)."""
+    arrays = [_as_float32(a, "history", i) for i, a in enumerate(history)]
+    state = caffe_pb2.SolverState(iter=int(iter), current_step=int(current_step),
+                                  learned_net=str(learned_net))
+
+    def pieces():
+        yield state.SerializeToString()
+        for array in arrays:
+            yield from wire.message_pieces(STATE_HISTORY, wire.blob_pieces(array))
+    _write_atomically(path, pieces())
+
+
+def _caffemodel_pieces(net_param, weights):
+    top = caffe_pb2.NetParameter()
+    top.CopyFrom(net_param)
+    top.ClearField("layer")
+    top.ClearField("layers")
+    yield top.SerializeToString()
+    for layer in net_param.layers:
+        yield from _layer_pieces(NET_LAYERS_V1, layer, V1_BLOBS, weights.get(layer.name or layer.layer.name, []))
+    for layer in net_param.layer:
+        yield from _layer_pieces(NET_LAYER, layer, LAYER_BLOBS, weights.get(layer.name, []))
+
+
+def _layer_pieces(number, layer, blobs_field, arrays):
+    body = [_serialize_without_blobs(layer)]
+    for array in arrays:
+        body += wire.message_pieces(blobs_field, wire.blob_pieces(array))
+    return wire.message_pieces(number, body)
+
+
+def _serialize_without_blobs(layer):
+    nested_blobs = isinstance(layer, caffe_pb2.V1LayerParameter) and len(layer.layer.blobs)
+    if not len(layer.blobs) and not nested_blobs:
+        return layer.SerializeToString()
+    stripped = type(layer)()
+    stripped.CopyFrom(layer)
+    stripped.ClearField("blobs")
+    if nested_blobs:
+        stripped.layer.ClearField("blobs")
+    return stripped.SerializeToString()
+
+
+def _as_float32(array, layer_name, index):
+    if isinstance(array, Blob):
+        array = array.data
+    try:
+        return np.ascontiguousarray(array, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise NetspecError(f"weights of layer '{layer_name}', blob {index}: not a numeric array ({e})") from None
+
+
+def _write_atomically(path, pieces):
+    """Write the buffers of ``pieces`` to a temporary file next to ``path``, fsync it,
+    then rename it over ``path``; on any failure the old file is left as it was."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for piece in pieces:
+                    f.write(piece)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            _remove_quietly(temp)
+            raise
+    except OSError as e:
+        raise NetspecError(f"{path}: cannot write ({e.strerror or e})") from None
+    _fsync_directory(directory)
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _format_shape(shape):
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+# ------------------------------------------------------------------ loading rule
+
+def match_blob_shape(array, target_shape, where):
+    """Fit a stored blob to the net's blob shape by Caffe's loading rule.
+
+    Equal shapes match.  A 4-D array (legacy num/channels/height/width blobs
+    read from a file are 4-D) also matches a target of at most 4 axes that,
+    left-padded with 1s, equals it: 1x1xMxN fits MxN.  (Caffe allows that only
+    for legacy blobs; here any 4-D array qualifies.)  Returns the array,
+    reshaped when needed; otherwise raises ``NetspecError``."""
+    target = tuple(int(d) for d in target_shape)
+    shape = tuple(np.shape(array))
+    if shape == target:
+        return array
+    if len(shape) == 4 and len(target) <= 4 and (1,) * (4 - len(target)) + target == shape:
+        return np.reshape(array, target)
+    raise NetspecError(f"{where}: blob shape {_format_shape(shape)} does not match the net's "
+                       f"{_format_shape(target)} (rename the layer to leave it out of weight loading)")
