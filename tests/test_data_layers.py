@@ -180,8 +180,7 @@ def test_siftflow_semantic_and_geometric_labels(tmp_path):
 def test_nyud_tops_in_requested_order(tmp_path):
     size = (3, 4)
     rng = np.random.default_rng(3)
-    color = save_jpeg(tmp_path / "unused.jpg", rgb_image(0, size))  # only to get a plausible array
-    color = color.astype(np.uint8)
+    color = rgb_image(0, size)  # NYUD colour images are PNGs: lossless
     (tmp_path / "data/images").mkdir(parents=True)
     Image.fromarray(color, "RGB").save(tmp_path / "data/images/img_5001.png")
     hha = rng.integers(0, 256, size + (3,)).astype(np.uint8)
