@@ -1,0 +1,75 @@
+"""netspec: Caffe nets, solvers and weights, compiled to JAX.
+
+The pycaffe-compatible surface (``import netspec as caffe``): ``Net``, ``TRAIN``,
+``TEST``, ``Layer`` (for Python layers), ``set_mode_cpu``/``set_mode_gpu``/
+``set_device``, the NetSpec DSL (``layers``, ``params``, ``NetSpec``, ``to_proto``)
+and the solvers (``get_solver``, ``SGDSolver``, ...).
+"""
+from .blob import Blob
+from .errors import NetspecError
+from .layers.base import TEST, TRAIN
+from .net import Net
+from .python_layer import Layer
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "layers": "netspec.net_spec", "params": "netspec.net_spec", "NetSpec": "netspec.net_spec",
+    "to_proto": "netspec.net_spec",
+    "get_solver": "netspec.solver", "SGDSolver": "netspec.solver", "NesterovSolver": "netspec.solver",
+    "AdaGradSolver": "netspec.solver", "RMSPropSolver": "netspec.solver",
+    "AdaDeltaSolver": "netspec.solver", "AdamSolver": "netspec.solver",
+    "CaffeModule": "netspec.flax_module",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'netspec' has no attribute {name!r}")
+
+
+def set_mode_cpu():
+    """Run on the CPU (pycaffe's ``caffe.set_mode_cpu()``)."""
+    import jax
+    jax.config.update("jax_default_device", jax.devices("cpu")[0])
+
+
+def set_mode_gpu():
+    """Run on the first accelerator if JAX has one (GPU or TPU); stay on the CPU otherwise."""
+    import jax
+    accelerators = [d for d in jax.devices() if d.platform != "cpu"]
+    if accelerators:
+        jax.config.update("jax_default_device", accelerators[0])
+
+
+def set_device(index):
+    """Use JAX device ``index`` (pycaffe's ``caffe.set_device(id)``)."""
+    import jax
+    devices = jax.devices()
+    if not 0 <= index < len(devices):
+        raise NetspecError(f"set_device({index}): there are {len(devices)} devices (0..{len(devices) - 1})")
+    jax.config.update("jax_default_device", devices[index])
+
+
+def set_random_seed(seed):
+    """Seed netspec's host-side randomness (fillers of nets built afterwards use their own seed argument)."""
+    import numpy as np
+    np.random.seed(seed)
+
+
+def set_compilation_cache(directory):
+    """Keep compiled XLA executables in ``directory`` across runs (also: ``$NETSPEC_CACHE_DIR``)."""
+    import jax
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _configure_from_environment():
+    import os
+    if os.environ.get("NETSPEC_CACHE_DIR"):
+        set_compilation_cache(os.environ["NETSPEC_CACHE_DIR"])
+
+
+_configure_from_environment()

@@ -1,0 +1,1 @@
+"""The `netspec` subcommands: each module has add_arguments(parser) and run(args) -> exit code."""

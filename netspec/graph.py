@@ -1,0 +1,250 @@
+"""From a ``NetParameter`` to a checked layer graph with every blob's shape known.
+
+This is Caffe's ``Net::Init`` without the compute: keep the layers whose
+include/exclude rules match the ``NetState``, connect bottoms to tops (in-place
+tops rebind a name), decide loss weights, parameter sharing and learning-rate
+multipliers, and build every layer's implementation for the current bottom shapes,
+so that a shape that does not fit is reported before anything runs.
+"""
+from dataclasses import dataclass, field
+
+from .errors import NetspecError
+from .layers import TRAIN, layer_class
+
+# Layer types whose tops are fed from outside the jitted computation.
+INPUT_TYPES = ("Input",)
+
+
+@dataclass
+class Node:
+    """One kept layer of the net, with its implementation for the current shapes."""
+    name: str
+    type: str
+    lp: object
+    bottoms: list
+    tops: list
+    impl: object = None             # a netspec.layers.Layer, None for inputs
+    loss_weights: list = field(default_factory=list)
+    propagate_down: list = field(default_factory=list)
+    param_keys: list = field(default_factory=list)   # (owner layer, blob index) per learned blob
+    lr_mults: list = field(default_factory=list)
+    decay_mults: list = field(default_factory=list)
+    is_input: bool = False
+    need_backward: bool = False
+
+
+@dataclass
+class Graph:
+    name: str
+    phase: int
+    nodes: list
+    blob_shapes: dict                # blob name -> shape, in creation order (Caffe's net.blobs order)
+    inputs: list                     # blob names fed from outside, in layer order
+    outputs: list                    # blobs no later layer consumes (Caffe's net outputs)
+    param_shapes: dict               # owner layer -> [shape, ...]
+    param_fillers: dict              # owner layer -> [FillerParameter or None, ...]
+    state_shapes: dict               # layer -> [shape, ...] (BatchNorm statistics)
+    learnable: list                  # (layer, index) of every owned learned blob, Caffe order
+    blob_need_backward: dict
+    force_backward: bool = False
+
+    def node(self, name):
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def lr_mults(self):
+        return {(k[0], k[1]): m for n in self.nodes for k, m in zip(n.param_keys, n.lr_mults)}
+
+
+def state_meets_rule(state, rule):
+    """Caffe's ``Net::StateMeetsRule``."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_layers(net, state):
+    """The layers of ``net`` that the ``NetState`` keeps (Caffe's ``Net::FilterNet``)."""
+    kept = []
+    for lp in net.layer:
+        if lp.include and lp.exclude:
+            raise NetspecError(f'layer "{lp.name}": specify either include or exclude rules, not both')
+        if lp.include:
+            keep = any(state_meets_rule(state, r) for r in lp.include)
+        else:
+            keep = not any(state_meets_rule(state, r) for r in lp.exclude)
+        if keep:
+            kept.append(lp)
+    return kept
+
+
+def _input_shapes_from_layer(lp):
+    shapes = [tuple(int(d) for d in s.dim) for s in lp.input_param.shape]
+    if len(shapes) == 1:
+        shapes = shapes * len(lp.top)
+    if len(shapes) != len(lp.top):
+        raise NetspecError(f'layer "{lp.name}" (Input): gives {len(shapes)} shapes for '
+                           f'{len(lp.top)} tops; give one shape, or one per top')
+    return shapes
+
+
+def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_layers=None,
+                make_impl=None):
+    """Check and shape the net for ``phase``.
+
+    ``input_shapes``: shapes for blobs fed from outside (overriding what Input layers
+    declare).  ``host_layers``: names of layers run on the host (Python data layers)
+    whose tops are inputs; their shapes must be in ``input_shapes``.  ``make_impl``:
+    optional ``(node, bottom_shapes) -> Layer`` hook for layer types the registry
+    cannot build alone (Python layers in the middle of a net).
+    """
+    from .proto import caffe_pb2
+
+    input_shapes = dict(input_shapes or {})
+    host_layers = set(host_layers or ())
+    state = caffe_pb2.NetState()
+    state.CopyFrom(net.state)
+    state.phase = phase
+    state.level = level
+    del state.stage[:]
+    state.stage.extend(stages)
+
+    nodes, shapes, inputs = [], {}, []
+    available = []                  # blobs produced and not yet consumed, in order
+    need_backward = {}
+    param_owner = {}                # ParamSpec.name -> (layer, index, shape)
+    param_shapes, param_fillers, state_shapes, learnable = {}, {}, {}, []
+
+    for lp in filter_layers(net, state):
+        node = Node(name=lp.name, type=lp.type, lp=lp, bottoms=list(lp.bottom), tops=list(lp.top))
+        for i, b in enumerate(node.bottoms):
+            if b not in shapes:
+                raise NetspecError(f'layer "{lp.name}" ({lp.type}): unknown bottom blob "{b}" '
+                                   f'(bottom {i}); no earlier layer produces it')
+            if b in available:
+                available.remove(b)
+        bottom_shapes = [shapes[b] for b in node.bottoms]
+
+        if lp.type in INPUT_TYPES or lp.name in host_layers:
+            node.is_input = True
+            declared = _input_shapes_from_layer(lp) if lp.type == "Input" else [None] * len(node.tops)
+            top_shapes = []
+            for t, s in zip(node.tops, declared):
+                s = input_shapes.get(t, s)
+                if s is None:
+                    raise NetspecError(f'layer "{lp.name}" ({lp.type}): no shape known for top "{t}"')
+                top_shapes.append(tuple(int(d) for d in s))
+                inputs.append(t)
+        else:
+            if make_impl is not None:
+                node.impl = make_impl(node, bottom_shapes, phase)
+            if node.impl is None:
+                node.impl = layer_class(lp.type, lp.name)(lp, bottom_shapes, phase)
+            top_shapes = [tuple(s) for s in node.impl.top_shapes()]
+            _assign_params(node, lp, param_owner, param_shapes, param_fillers, learnable)
+            if node.impl.state_shapes():
+                state_shapes[lp.name] = [tuple(s) for s in node.impl.state_shapes()]
+
+        # in-place and duplicate tops
+        for t in node.tops:
+            if t in shapes and t not in node.bottoms:
+                raise NetspecError(f'layer "{lp.name}" ({lp.type}): top blob "{t}" is already '
+                                   'produced by an earlier layer (only in-place reuse is allowed)')
+        for t, s in zip(node.tops, top_shapes):
+            if t in node.bottoms and shapes[t] != s:
+                raise NetspecError(f'layer "{lp.name}" ({lp.type}): in-place top "{t}" changes shape '
+                                   f'{shapes[t]} -> {s}')
+            shapes[t] = s
+            if t in available:
+                available.remove(t)
+            available.append(t)
+
+        node.loss_weights = _loss_weights(node, lp)
+        node.propagate_down = _propagate_down(node, lp)
+        node.need_backward = (net.force_backward
+                              or any(need_backward.get(b, False) for b in node.bottoms)
+                              or any(m != 0 for m in node.lr_mults))
+        for t in node.tops:
+            need_backward[t] = node.need_backward and not node.is_input
+        nodes.append(node)
+
+    return Graph(name=net.name, phase=phase, nodes=nodes, blob_shapes=shapes, inputs=inputs,
+                 outputs=list(available), param_shapes=param_shapes, param_fillers=param_fillers,
+                 state_shapes=state_shapes, learnable=learnable, blob_need_backward=need_backward,
+                 force_backward=net.force_backward)
+
+
+def _assign_params(node, lp, param_owner, param_shapes, param_fillers, learnable):
+    """Own or share each learned blob (``ParamSpec.name``) and read its lr/decay multipliers."""
+    impl = node.impl
+    shapes = [tuple(s) for s in impl.param_shapes()]
+    fillers = list(impl.param_fillers())
+    if len(lp.param) > len(shapes):
+        raise NetspecError(f'layer "{lp.name}" ({lp.type}): has {len(lp.param)} param specs but '
+                           f'only {len(shapes)} learned blobs')
+    owned_shapes, owned_fillers = [], []
+    for i, shape in enumerate(shapes):
+        spec = lp.param[i] if i < len(lp.param) else None
+        lr = spec.lr_mult if spec is not None else 1.0
+        decay = spec.decay_mult if spec is not None else 1.0
+        shared_name = spec.name if spec is not None and spec.name else None
+        if shared_name and shared_name in param_owner:
+            owner, index, owner_shape = param_owner[shared_name]
+            strict = spec.share_mode == 0
+            if (strict and owner_shape != shape) or (not strict and _count(owner_shape) != _count(shape)):
+                raise NetspecError(f'layer "{lp.name}" ({lp.type}): shared param "{shared_name}" has '
+                                   f'shape {shape} here but {owner_shape} in layer "{owner}"')
+            node.param_keys.append((owner, index))
+        else:
+            index = len(owned_shapes)
+            owned_shapes.append(shape)
+            owned_fillers.append(fillers[i] if i < len(fillers) else None)
+            node.param_keys.append((lp.name, index))
+            learnable.append((lp.name, index))
+            if shared_name:
+                param_owner[shared_name] = (lp.name, index, shape)
+        node.lr_mults.append(float(lr))
+        node.decay_mults.append(float(decay))
+    if owned_shapes:
+        param_shapes[lp.name] = owned_shapes
+        param_fillers[lp.name] = owned_fillers
+
+
+def _count(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _loss_weights(node, lp):
+    if lp.loss_weight:
+        if len(lp.loss_weight) != len(node.tops):
+            raise NetspecError(f'layer "{lp.name}" ({lp.type}): loss_weight must be given once per '
+                               f'top ({len(node.tops)}), got {len(lp.loss_weight)}')
+        return [float(w) for w in lp.loss_weight]
+    weights = [0.0] * len(node.tops)
+    if node.impl is not None and node.impl.is_loss and weights:
+        weights[0] = 1.0
+    return weights
+
+
+def _propagate_down(node, lp):
+    if lp.propagate_down:
+        if len(lp.propagate_down) != len(node.bottoms):
+            raise NetspecError(f'layer "{lp.name}" ({lp.type}): propagate_down must be given once '
+                               f'per bottom ({len(node.bottoms)}), got {len(lp.propagate_down)}')
+        return [bool(p) for p in lp.propagate_down]
+    return [True] * len(node.bottoms)

@@ -1,0 +1,394 @@
+"""``netspec.Net``: pycaffe's stateful ``caffe.Net`` over the pure compiler.
+
+Scripts written for pycaffe port by changing the import::
+
+    import netspec as caffe
+    net = caffe.Net("deploy.prototxt", "weights.caffemodel", caffe.TEST)
+    net.blobs["data"].data[...] = image
+    out = net.forward()
+    net.backward()
+    net.params["conv1"][0].diff
+
+Blobs and params are host NumPy arrays (``netspec.blob.Blob``); each pass copies
+them into one jitted computation (cached per input shape) and writes the results
+back, so assigning into ``.data`` is seen by the next pass, as in pycaffe.
+"""
+from collections import OrderedDict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import compiler
+from .blob import Blob
+from .errors import NetspecError
+from .graph import build_graph, filter_layers
+from .layers import TEST, TRAIN
+from .layers.data import HostPythonLayer, load_python_layer
+
+
+class _LayerView:
+    """An entry of ``net.layers`` (pycaffe's ``caffe.Layer`` view): ``type``, ``blobs``."""
+
+    def __init__(self, name, type_, blobs):
+        self.name, self.type, self.blobs = name, type_, blobs
+
+    def __repr__(self):
+        return f"<layer {self.name!r} ({self.type})>"
+
+
+def _parse_net_args(args, weights, phase):
+    """pycaffe accepts ``Net(model, phase)``, ``Net(model, weights, phase)`` and keywords."""
+    args = list(args)
+    if args and isinstance(args[-1], int):
+        phase = args.pop()
+    if args:
+        weights = args.pop(0)
+    if args:
+        raise TypeError("Net(model, [weights], [phase]) takes at most three positional arguments")
+    return weights, TEST if phase is None else phase
+
+
+class Net:
+    """A net built from a prototxt (path or ``NetParameter``) for one phase."""
+
+    def __init__(self, model, *args, weights=None, phase=None, level=0, stages=(),
+                 python_path=(), seed=0):
+        from .proto import caffe_pb2
+        from .prototxt import read_net
+        weights, phase = _parse_net_args(args, weights, phase)
+        if phase not in (TRAIN, TEST):
+            raise NetspecError(f"phase must be netspec.TRAIN or netspec.TEST, got {phase!r}")
+        if isinstance(model, caffe_pb2.NetParameter):
+            self._net_param, self._source = model, "<NetParameter>"
+        else:
+            self._net_param, self._source = read_net(str(model)), str(model)
+        self.phase, self._level, self._stages = phase, level, tuple(stages)
+        self._python_path = tuple(python_path)
+        self._python_objects = {}       # layer name -> user object, kept across reshapes
+        self._host_data_layers = []     # (layer name, object, top names): run on the host
+        self._graphs, self._jitted = {}, {}
+        self._rng = jax.random.PRNGKey(seed)
+        self._passes = 0
+        self._last_rng = None
+        self.blobs = OrderedDict()
+        self._set_up_host_data_layers()
+        self._graph = self._build(self._declared_input_shapes())
+        self._create_blobs(self._graph)
+        self._create_params(seed)
+        if weights:
+            for path in str(weights).split(","):
+                self.copy_from(path)
+
+    # -- construction -------------------------------------------------------
+    def _state(self):
+        from .proto import caffe_pb2
+        state = caffe_pb2.NetState(phase=self.phase, level=self._level)
+        state.stage.extend(self._stages)
+        return state
+
+    def _set_up_host_data_layers(self):
+        for lp in filter_layers(self._net_param, self._state()):
+            if lp.type == "Python" and not lp.bottom:
+                obj = load_python_layer(lp, self.phase, self._python_path)
+                tops = [self.blobs.setdefault(t, Blob()) for t in lp.top]
+                obj.setup([], tops)
+                obj.reshape([], tops)
+                self._python_objects[lp.name] = obj
+                self._host_data_layers.append((lp.name, obj, list(lp.top)))
+
+    def _declared_input_shapes(self):
+        return {t: self.blobs[t].shape for _, _, tops in self._host_data_layers for t in tops}
+
+    def _make_impl(self, node, bottom_shapes, phase):
+        if node.type != "Python":
+            return None
+        obj = self._python_objects.get(node.name)
+        if obj is None:
+            obj = self._python_objects[node.name] = load_python_layer(node.lp, phase, self._python_path)
+        return HostPythonLayer(node.lp, bottom_shapes, phase, obj)
+
+    def _build(self, input_shapes):
+        key = tuple(sorted(input_shapes.items()))
+        if key not in self._graphs:
+            self._graphs[key] = build_graph(
+                self._net_param, self.phase, self._level, self._stages, input_shapes=input_shapes,
+                host_layers=[name for name, _, _ in self._host_data_layers], make_impl=self._make_impl)
+        return self._graphs[key]
+
+    def _create_blobs(self, graph):
+        for name, shape in graph.blob_shapes.items():
+            blob = self.blobs.get(name)
+            if blob is None:
+                self.blobs[name] = Blob(shape)
+            elif blob.shape != shape:
+                blob.reshape(*shape)
+
+    def _create_params(self, seed):
+        params, state = compiler.init_params(self._graph, seed)
+        owned = {(layer, i): Blob(data=a) for layer, arrays in params.items() for i, a in enumerate(arrays)}
+        self._layer_blobs = OrderedDict()   # every layer's blobs in Caffe order (learned, then state)
+        for node in self._graph.nodes:
+            blobs = [owned[key] for key in node.param_keys]
+            blobs += [Blob(data=a) for a in state.get(node.name, [])]
+            self._layer_blobs[node.name] = blobs
+        self._state_names = set(state)
+
+    # -- pycaffe attributes ---------------------------------------------------
+    @property
+    def params(self):
+        """``{layer: [Blob, ...]}`` for the layers that have blobs (shared blobs appear in each)."""
+        return OrderedDict((k, v) for k, v in self._layer_blobs.items() if v)
+
+    @property
+    def layers(self):
+        return [_LayerView(n.name, n.type, self._layer_blobs[n.name]) for n in self._graph.nodes]
+
+    @property
+    def _layer_names(self):
+        return [n.name for n in self._graph.nodes]
+
+    @property
+    def layer_dict(self):
+        return OrderedDict((layer.name, layer) for layer in self.layers)
+
+    @property
+    def inputs(self):
+        return [t for n in self._graph.nodes if n.type == "Input" for t in n.tops]
+
+    @property
+    def outputs(self):
+        return list(self._graph.outputs)
+
+    @property
+    def top_names(self):
+        return OrderedDict((n.name, list(n.tops)) for n in self._graph.nodes)
+
+    @property
+    def bottom_names(self):
+        return OrderedDict((n.name, list(n.bottoms)) for n in self._graph.nodes)
+
+    @property
+    def blob_loss_weights(self):
+        weights = OrderedDict((name, 0.0) for name in self.blobs)
+        for n in self._graph.nodes:
+            for t, w in zip(n.tops, n.loss_weights):
+                weights[t] = w
+        return weights
+
+    @property
+    def graph(self):
+        return self._graph
+
+    # -- the pure view ------------------------------------------------------
+    def param_tree(self):
+        """Learned blobs as ``{owner_layer: [array, ...]}`` (Caffe shapes), for the pure API."""
+        tree = {}
+        for node in self._graph.nodes:
+            if node.name in self._state_names:
+                continue
+            for (owner, i), blob in zip(node.param_keys, self._layer_blobs[node.name]):
+                if owner == node.name:
+                    tree.setdefault(owner, []).append(blob.data)
+        return tree
+
+    def state_tree(self):
+        return {name: [b.data for b in self._layer_blobs[name]] for name in self._state_names}
+
+    def set_param_tree(self, params, state=None):
+        """Copy pure-API params (and state) back into the host blobs."""
+        for node in self._graph.nodes:
+            for (owner, i), blob in zip(node.param_keys, self._layer_blobs[node.name]):
+                if owner == node.name and owner in params:
+                    blob.data[...] = np.asarray(params[owner][i])
+        for name, arrays in (state or {}).items():
+            for blob, a in zip(self._layer_blobs[name], arrays):
+                blob.data[...] = np.asarray(a)
+
+    # -- passes -------------------------------------------------------------
+    def _input_values(self):
+        return {name: self.blobs[name].data for name in self._graph.inputs}
+
+    def reshape(self):
+        """Re-derive every blob's shape from the current input blob shapes (pycaffe's ``net.reshape()``)."""
+        shapes = {name: self.blobs[name].shape for name in self._graph.inputs}
+        graph = self._build(shapes)
+        if graph is not self._graph:
+            for node in graph.nodes:
+                old = self._layer_blobs.get(node.name, [])
+                want = [s for s in graph.param_shapes.get(node.name, [])]
+                if node.name in graph.param_shapes and [b.shape for b in old[:len(want)]] != want:
+                    raise NetspecError(f'layer "{node.name}": its parameter shapes depend on the input '
+                                       f'size ({[b.shape for b in old]} vs {want}); use the size the net declares')
+            self._graph = graph
+        self._create_blobs(self._graph)
+
+    def _next_rng(self):
+        self._passes += 1
+        return jax.random.fold_in(self._rng, self._passes)
+
+    def _forward_fn(self, graph, keep):
+        key = ("forward", id(graph), keep)
+        if key not in self._jitted:
+            train = self.phase == TRAIN
+
+            def run(params, state, inputs, rng):
+                return compiler.forward(graph, params, state, inputs, train=train, rng=rng, keep=keep)
+            self._jitted[key] = jax.jit(run)
+        return self._jitted[key]
+
+    def _run_host_data_layers(self):
+        for _, obj, tops in self._host_data_layers:
+            top_blobs = [self.blobs[t] for t in tops]
+            obj.reshape([], top_blobs)
+            obj.forward([], top_blobs)
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Run the net; returns ``{output: array}`` (plus the blobs named in ``blobs``).
+
+        Keyword arguments set input blobs (``net.forward(data=x)``).  ``end``: a layer
+        name; the returned blobs are that layer's tops.  ``start`` is not supported:
+        set the input blobs and run the whole net.
+        """
+        if start is not None:
+            raise NetspecError("net.forward(start=...) is not supported; run the whole net")
+        for name, value in kwargs.items():
+            if name not in self.blobs or name not in self._graph.inputs:
+                raise NetspecError(f'forward(): "{name}" is not an input of the net (inputs: '
+                                   f'{", ".join(self._graph.inputs)})')
+            value = np.asarray(value, np.float32)
+            if self.blobs[name].shape != value.shape:
+                self.blobs[name].reshape(*value.shape)
+            self.blobs[name].data[...] = value
+        self._run_host_data_layers()
+        self.reshape()
+        graph = self._graph
+        self._last_rng = self._next_rng()
+        result, loss, new_state = self._forward_fn(graph, None)(
+            self.param_tree(), self.state_tree(), self._input_values(), self._last_rng)
+        for name, value in result.items():
+            if name not in graph.inputs:
+                self.blobs[name]._data = np.array(value)
+        if self.phase == TRAIN:
+            for name, arrays in new_state.items():
+                for blob, a in zip(self._layer_blobs[name], arrays):
+                    blob.data[...] = np.asarray(a)
+        outs = list(self.top_names[end]) if end is not None else self.outputs
+        outs += [b for b in (blobs or []) if b not in outs]
+        return {name: self.blobs[name].data for name in outs}
+
+    def _grad_fn(self, graph, seeded):
+        key = ("backward", id(graph), seeded)
+        if key not in self._jitted:
+            train = self.phase == TRAIN
+            probe_names = [n for n in graph.blob_shapes if n not in graph.inputs]
+
+            def objective(params, probes, state, inputs, seeds, rng):
+                blobs, loss, _ = compiler.forward(graph, params, state, inputs, train=train, rng=rng,
+                                                  probes=probes, keep=seeded)
+                return loss + sum(jnp.sum(seeds[n] * blobs[n]) for n in seeded)
+
+            grad = jax.grad(objective, argnums=(0, 1))
+
+            def run(params, state, inputs, seeds, rng):
+                probes = {n: jnp.zeros(graph.blob_shapes[n], jnp.float32) for n in probe_names}
+                return grad(params, probes, state, inputs, seeds, rng)
+            self._jitted[key] = jax.jit(run)
+        return self._jitted[key]
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """Back-propagate from the loss (and from top diffs given as keywords, ``net.backward(prob=d)``).
+
+        Blob diffs are overwritten; param diffs accumulate, as in Caffe (the solver clears them).
+        Returns ``{input: diff}`` plus the blobs named in ``diffs``.
+        """
+        if start is not None or end is not None:
+            raise NetspecError("net.backward(start=..., end=...) is not supported; back-propagate the whole net")
+        graph = self._graph
+        seeds = {}
+        for name, value in kwargs.items():
+            if name not in graph.blob_shapes:
+                raise NetspecError(f'backward(): the net has no blob "{name}"')
+            seeds[name] = np.asarray(value, np.float32).reshape(graph.blob_shapes[name])
+        rng = self._last_rng if self._last_rng is not None else self._next_rng()
+        param_grads, blob_grads = self._grad_fn(graph, tuple(sorted(seeds)))(
+            self.param_tree(), self.state_tree(), self._input_values(), seeds, rng)
+        for node in graph.nodes:
+            for (owner, i), blob, lr in zip(node.param_keys, self._layer_blobs[node.name], node.lr_mults):
+                if owner == node.name and owner in param_grads and (lr != 0 or graph.force_backward):
+                    blob.diff[...] += np.asarray(param_grads[owner][i])
+        for name, blob in self.blobs.items():
+            if name in blob_grads and (graph.blob_need_backward.get(name) or graph.force_backward):
+                blob.diff[...] = np.asarray(blob_grads[name])
+            elif name in graph.inputs:
+                blob.diff[...] = 0
+        for node in graph.nodes:
+            for t, w in zip(node.tops, node.loss_weights):
+                if w:
+                    self.blobs[t].diff[...] = w
+        for name, value in seeds.items():
+            self.blobs[name].diff[...] = value
+        outs = list(self.inputs) + [d for d in (diffs or []) if d not in self.inputs]
+        return {name: self.blobs[name].diff for name in outs}
+
+    def clear_param_diffs(self):
+        for blobs in self._layer_blobs.values():
+            for blob in blobs:
+                blob.diff[...] = 0
+
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's ``forward_all``: run batches of inputs through the net, concatenating outputs."""
+        if not kwargs:
+            return self.forward(blobs=blobs)
+        n = len(next(iter(kwargs.values())))
+        batch = self.blobs[next(iter(kwargs))].shape[0] or 1
+        collected = {}
+        for start in range(0, n, batch):
+            chunk = {k: np.asarray(v[start:start + batch]) for k, v in kwargs.items()}
+            for name, value in self.forward(blobs=blobs, **chunk).items():
+                collected.setdefault(name, []).append(value.copy())
+        return {name: np.concatenate(parts)[:n] for name, parts in collected.items()}
+
+    # -- weights ------------------------------------------------------------
+    def copy_from(self, path):
+        """Load a ``.caffemodel`` by layer name (Caffe's ``CopyTrainedLayersFrom``)."""
+        from .caffemodel import load_weights, match_blob_shape
+        weights = load_weights(path)
+        for name, arrays in weights.items():
+            target = self._layer_blobs.get(name)
+            if target is None or not arrays:
+                continue
+            if len(arrays) != len(target):
+                raise NetspecError(f'{path}: layer "{name}" has {len(arrays)} blobs in the file but '
+                                   f'{len(target)} in the net; the weights do not fit this net')
+            for i, (blob, array) in enumerate(zip(target, arrays)):
+                blob.data[...] = match_blob_shape(array, blob.shape, f'{path}: layer "{name}" blob {i}')
+
+    def share_with(self, other):
+        """Use ``other``'s blobs for every layer of the same name (Caffe's ``ShareTrainedLayersWith``)."""
+        for name, blobs in self._layer_blobs.items():
+            theirs = other._layer_blobs.get(name)
+            if not blobs or not theirs:
+                continue
+            if [b.shape for b in blobs] != [b.shape for b in theirs]:
+                raise NetspecError(f'share_with: layer "{name}" has blob shapes {[b.shape for b in blobs]} '
+                                   f'here but {[b.shape for b in theirs]} in the other net')
+            blobs[:] = theirs
+
+    def weights(self):
+        """``{layer: [array, ...]}`` for every layer with blobs, in Caffe's order."""
+        return OrderedDict((name, [b.data for b in blobs]) for name, blobs in self._layer_blobs.items() if blobs)
+
+    def to_proto(self):
+        """The kept layers as a ``NetParameter`` (structure only)."""
+        from .proto import caffe_pb2
+        net = caffe_pb2.NetParameter(name=self._net_param.name)
+        for node in self._graph.nodes:
+            net.layer.add().CopyFrom(node.lp)
+            net.layer[-1].phase = self.phase
+        return net
+
+    def save(self, path):
+        """Write the net's weights as a V2 ``.caffemodel`` (atomically)."""
+        from .caffemodel import write_caffemodel
+        write_caffemodel(str(path), self.to_proto(), self.weights())
