@@ -76,7 +76,7 @@ class SegDataLayer(Layer):
     extra_keys = ()
 
     @property
-    def name(self):
+    def _who(self):
         layer_name = getattr(self.layer_param, "name", "") if self.layer_param is not None else ""
         return f"layer {layer_name!r} ({type(self).__name__})" if layer_name else type(self).__name__
 
@@ -85,18 +85,18 @@ class SegDataLayer(Layer):
         try:
             params = ast.literal_eval(self.param_str) if self.param_str.strip() else {}
         except (ValueError, SyntaxError):
-            raise NetspecError(f"{self.name}: param_str {self.param_str!r} is not a Python dict literal "
+            raise NetspecError(f"{self._who}: param_str {self.param_str!r} is not a Python dict literal "
                                "such as \"{'split': 'train'}\"") from None
         if not isinstance(params, dict):
-            raise NetspecError(f"{self.name}: param_str must be a dict literal, got {type(params).__name__}")
+            raise NetspecError(f"{self._who}: param_str must be a dict literal, got {type(params).__name__}")
         allowed = set(self.dir_keys) | set(_COMMON_KEYS) | set(self.extra_keys)
         for key in params:
             if key not in allowed:
-                raise NetspecError(f"{self.name}: unknown param_str key {key!r}; "
+                raise NetspecError(f"{self._who}: unknown param_str key {key!r}; "
                                    f"accepted keys: {', '.join(sorted(allowed))}")
         for key in (*self.dir_keys, "split"):
             if key not in params:
-                raise NetspecError(f"{self.name}: param_str lacks the key {key!r}")
+                raise NetspecError(f"{self._who}: param_str lacks the key {key!r}")
         return params
 
     def parse_mean(self, params, default):
@@ -107,7 +107,7 @@ class SegDataLayer(Layer):
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise NetspecError(f"{self.name}: param_str 'mean' must be three numbers (B, G, R), got {mean!r}")
+            raise NetspecError(f"{self._who}: param_str 'mean' must be three numbers (B, G, R), got {mean!r}")
         return mean.astype(mean.dtype if mean.dtype == np.float32 else np.float64)
 
     def setup(self, bottom, top):
@@ -115,11 +115,11 @@ class SegDataLayer(Layer):
         self.split = str(params["split"])
         self.configure(params)
         if len(bottom) != 0:
-            raise NetspecError(f"{self.name}: a data layer takes no bottom; remove its bottoms")
+            raise NetspecError(f"{self._who}: a data layer takes no bottom; remove its bottoms")
         if len(top) != len(self.top_names()):
-            raise NetspecError(f"{self.name}: needs {len(self.top_names())} tops "
+            raise NetspecError(f"{self._who}: needs {len(self.top_names())} tops "
                                f"({', '.join(self.top_names())}), the prototxt gives {len(top)}")
-        self.indices = read_ids(self.split_path(), self.name)
+        self.indices = read_ids(self.split_path(), self._who)
         self.random = bool(params.get("randomize", True)) and "train" in self.split
         self.rng = random.Random(params.get("seed", DEFAULT_SEED))
         self.idx = self.pick_first()

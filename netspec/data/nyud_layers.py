@@ -36,7 +36,7 @@ class NYUDSegDataLayer(SegDataLayer):
         self.nyud_dir = os.fspath(params["nyud_dir"])
         tops = params.get("tops")
         if not isinstance(tops, (list, tuple)) or not tops or any(t not in NYUD_TOPS for t in tops):
-            raise NetspecError(f"{self.name}: param_str 'tops' must be a list drawn from "
+            raise NetspecError(f"{self._who}: param_str 'tops' must be a list drawn from "
                                f"{', '.join(NYUD_TOPS)}, got {tops!r}")
         self.tops = tuple(tops)
 
@@ -51,21 +51,21 @@ class NYUDSegDataLayer(SegDataLayer):
 
     def load(self, top_name, image_id):
         if top_name == "color":
-            return load_bgr_image(self.path("data/images", image_id), NYUD_COLOR_MEAN_BGR, self.name)
+            return load_bgr_image(self.path("data/images", image_id), NYUD_COLOR_MEAN_BGR, self._who)
         if top_name == "hha":
             # HHA channels are used in file order (no RGB -> BGR swap), as in the reference
-            hha = _load_float_png(self.path("data/hha", image_id), self.name)
+            hha = _load_float_png(self.path("data/hha", image_id), self._who)
             return (hha - NYUD_HHA_MEAN).transpose(2, 0, 1)
         if top_name == "depth":
-            depth = _load_float_png(self.path("data/depth", image_id), self.name)
+            depth = _load_float_png(self.path("data/depth", image_id), self._who)
             return (np.log(depth) - NYUD_LOG_DEPTH_MEAN)[np.newaxis]
         return self.load_label(image_id)
 
     def load_label(self, image_id):
         path = self.path("segmentation", image_id, "mat")
-        mat = load_mat(path, self.name)
+        mat = load_mat(path, self._who)
         if "segmentation" not in mat:
-            raise NetspecError(f"{self.name}: {path} has no variable 'segmentation'")
+            raise NetspecError(f"{self._who}: {path} has no variable 'segmentation'")
         shifted = np.asarray(mat["segmentation"]).astype(np.int64) - 1
         shifted[shifted < 0] = 255
         return shifted.astype(np.uint8)[np.newaxis]

@@ -59,9 +59,9 @@ class PASCALContextSegDataLayer(SegDataLayer):
         self.voc_dir = os.path.join(os.fspath(params["voc_dir"]), "VOC2010")
         self.context_dir = os.fspath(params["context_dir"])
         self.mean = self.parse_mean(params, CONTEXT_MEAN_BGR)
-        full = read_label_list(os.path.join(self.context_dir, "labels.txt"), self.name)
-        task = read_label_list(os.path.join(self.context_dir, "59_labels.txt"), self.name)
-        self.label_table = context_label_map(full, task, self.name)
+        full = read_label_list(os.path.join(self.context_dir, "labels.txt"), self._who)
+        task = read_label_list(os.path.join(self.context_dir, "59_labels.txt"), self._who)
+        self.label_table = context_label_map(full, task, self._who)
 
     def split_path(self):
         return os.path.join(self.voc_dir, "ImageSets", "Main", f"{self.split}.txt")
@@ -71,11 +71,11 @@ class PASCALContextSegDataLayer(SegDataLayer):
 
     def load(self, top_name, image_id):
         if top_name == "data":
-            return load_bgr_image(os.path.join(self.voc_dir, "JPEGImages", f"{image_id}.jpg"), self.mean, self.name)
+            return load_bgr_image(os.path.join(self.voc_dir, "JPEGImages", f"{image_id}.jpg"), self.mean, self._who)
         path = os.path.join(self.context_dir, "trainval", f"{image_id}.mat")
-        mat = load_mat(path, self.name)
+        mat = load_mat(path, self._who)
         if "LabelMap" not in mat:
-            raise NetspecError(f"{self.name}: {path} has no variable 'LabelMap'")
+            raise NetspecError(f"{self._who}: {path} has no variable 'LabelMap'")
         full = np.asarray(mat["LabelMap"]).astype(np.int64)
         inside = (full >= 0) & (full < len(self.label_table))
         label = np.zeros(full.shape, np.uint8)

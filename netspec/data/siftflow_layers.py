@@ -42,12 +42,12 @@ class SIFTFlowSegDataLayer(SegDataLayer):
     def load(self, top_name, image_id):
         if top_name == "data":
             path = os.path.join(self.siftflow_dir, "Images", _SUBDIR, f"{image_id}.jpg")
-            return load_bgr_image(path, self.mean, self.name)
+            return load_bgr_image(path, self.mean, self._who)
         folder = "SemanticLabels" if top_name == "sem" else "GeoLabels"
         path = os.path.join(self.siftflow_dir, folder, _SUBDIR, f"{image_id}.mat")
-        mat = load_mat(path, self.name)
+        mat = load_mat(path, self._who)
         if "S" not in mat:
-            raise NetspecError(f"{self.name}: {path} has no variable 'S'")
+            raise NetspecError(f"{self._who}: {path} has no variable 'S'")
         raw = np.array(mat["S"])
         if top_name == "geo":
             raw[raw == -1] = 0  # a few geometric maps mark unlabelled pixels -1

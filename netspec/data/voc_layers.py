@@ -31,17 +31,17 @@ class VOCSegDataLayer(SegDataLayer):
 
     def load(self, top_name, image_id):
         if top_name == "data":
-            return load_bgr_image(os.path.join(self.voc_dir, "JPEGImages", f"{image_id}.jpg"), self.mean, self.name)
+            return load_bgr_image(os.path.join(self.voc_dir, "JPEGImages", f"{image_id}.jpg"), self.mean, self._who)
         return self.load_label(image_id)
 
     def load_label(self, image_id):
         from PIL import Image
 
         path = os.path.join(self.voc_dir, "SegmentationClass", f"{image_id}.png")
-        require_file(path, self.name)
+        require_file(path, self._who)
         with Image.open(path) as image:
             if image.mode not in ("P", "L"):
-                raise NetspecError(f"{self.name}: {path} is a {image.mode} image; labels must be a palette "
+                raise NetspecError(f"{self._who}: {path} is a {image.mode} image; labels must be a palette "
                                    "(or greyscale) PNG of class indices")
             label = np.array(image, dtype=np.uint8)
         return label[np.newaxis]
@@ -61,14 +61,14 @@ class SBDDSegDataLayer(VOCSegDataLayer):
 
     def load(self, top_name, image_id):
         if top_name == "data":
-            return load_bgr_image(os.path.join(self.sbdd_dir, "img", f"{image_id}.jpg"), self.mean, self.name)
+            return load_bgr_image(os.path.join(self.sbdd_dir, "img", f"{image_id}.jpg"), self.mean, self._who)
         return self.load_label(image_id)
 
     def load_label(self, image_id):
         path = os.path.join(self.sbdd_dir, "cls", f"{image_id}.mat")
-        mat = load_mat(path, self.name)
+        mat = load_mat(path, self._who)
         try:
             label = mat["GTcls"][0]["Segmentation"][0]
         except (KeyError, IndexError, ValueError):
-            raise NetspecError(f"{self.name}: {path} has no GTcls.Segmentation field; is it an SBD cls file?") from None
+            raise NetspecError(f"{self._who}: {path} has no GTcls.Segmentation field; is it an SBD cls file?") from None
         return np.asarray(label).astype(np.uint8)[np.newaxis]
