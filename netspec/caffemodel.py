@@ -69,13 +69,14 @@ def read_caffemodel(path):
             layer_blobs.append((field.number, blobs))
     except wire.WireError as e:
         raise _invalid(path, "caffemodel", e, buffer) from None
-    except _BlobError as e:
-        raise NetspecError(f"{path}: {e}") from None
     try:
         net = caffe_pb2.NetParameter.FromString(bytes(structure))
     except DecodeError as e:
-        raise NetspecError(f"{path}: not a valid .caffemodel (its layers do not parse as caffe.NetParameter: {e})") from None
-    return net, _name_weights(net, layer_blobs)
+        raise _invalid(path, "caffemodel", f"does not parse as caffe.NetParameter: {e}", buffer) from None
+    try:
+        return net, _name_weights(net, layer_blobs)
+    except _BlobError as e:
+        raise NetspecError(f"{path}: {e}") from None
 
 
 def load_weights(path):
@@ -93,7 +94,7 @@ def read_solverstate(path):
         for field in wire.iter_fields(decoder.view, 0, len(buffer)):
             if field.number == STATE_HISTORY:
                 wire.expect_length_delimited(field, "history")
-                history.append(_blob_array(decoder, field.value, f"history blob {len(history)}"))
+                history.append(_blob_array(decoder.decode(*field.value), f"history blob {len(history)}"))
             else:
                 structure += decoder.view[field.start:field.end]
     except wire.WireError as e:
@@ -103,7 +104,7 @@ def read_solverstate(path):
     try:
         state = caffe_pb2.SolverState.FromString(bytes(structure))
     except DecodeError as e:
-        raise NetspecError(f"{path}: not a valid .solverstate ({e})") from None
+        raise _invalid(path, "solverstate", f"does not parse as caffe.SolverState: {e}", buffer) from None
     return SolverState(state.iter, state.current_step, state.learned_net, history)
 
 
@@ -115,7 +116,7 @@ def _split_message(decoder, span, blobs_field, nested=None):
     """Cut the blobs out of the layer message at ``span``.
 
     Returns ``(body, blobs)``: the message's bytes without its ``blobs_field``
-    fields, and those blobs decoded.  ``nested`` is the field number of a V0
+    fields, and those blobs decoded (``wire.BlobContents``, not yet shaped).  ``nested`` is the field number of a V0
     layer inside a V1 layer, whose blobs (field 50) are cut out too."""
     start, end = span
     body = bytearray()
@@ -123,7 +124,7 @@ def _split_message(decoder, span, blobs_field, nested=None):
     for field in wire.iter_fields(decoder.view, start, end):
         if field.number == blobs_field:
             wire.expect_length_delimited(field, "blobs")
-            blobs.append(_blob_array(decoder, field.value, f"blob {len(blobs)}"))
+            blobs.append(decoder.decode(*field.value))
         elif field.number == nested and field.wire_type == wire.LENGTH:
             inner, inner_blobs = _split_message(decoder, field.value, V0_BLOBS)
             body += wire.length_header(field.number, len(inner)) + inner
@@ -133,23 +134,23 @@ def _split_message(decoder, span, blobs_field, nested=None):
     return bytes(body), blobs
 
 
-def _blob_array(decoder, span, what):
-    """Decode one BlobProto and give its values their shape (Caffe's count check)."""
-    blob = decoder.decode(*span)
+def _blob_array(blob, what):
+    """Give a decoded blob's values their shape, checking the count as Caffe does."""
     expected = int(np.prod(blob.shape, dtype=np.int64))
     if min(blob.shape, default=0) < 0 or expected != blob.values.size:
-        raise _BlobError(f"{what} at byte {span[0]} holds {blob.values.size} values "
-                         f"but its shape {_format_shape(blob.shape)} needs {expected}")
+        raise _BlobError(f"{what} holds {blob.values.size} values but its shape "
+                         f"{_format_shape(blob.shape)} needs {expected}")
     return blob.values.reshape(blob.shape)
 
 
 def _name_weights(net, layer_blobs):
-    """Key each layer's blobs by its name; as in Caffe, a later layer of the same name wins."""
+    """Key each layer's shaped blobs by its name; as in Caffe, a later layer of the same name wins."""
     names = {NET_LAYER: iter([layer.name for layer in net.layer]),
              NET_LAYERS_V1: iter([layer.name or layer.layer.name for layer in net.layers])}
     weights = {}
     for number, blobs in layer_blobs:
-        weights[next(names[number])] = blobs
+        name = next(names[number])
+        weights[name] = [_blob_array(blob, f"layer '{name}', blob {i}") for i, blob in enumerate(blobs)]
     return weights
 
 
@@ -176,12 +177,12 @@ def _read_bytes(path, kind="caffemodel"):
     return buffer
 
 
-def _invalid(path, kind, error, buffer):
-    """The one-line error for a file that is not valid wire data."""
+def _invalid(path, kind, reason, buffer):
+    """The one-line error for a file that is not a valid binary ``kind`` file."""
     head = bytes(buffer[:256])
     looks_like_text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
     hint = "; it looks like text, e.g. a prototxt: give it as the net definition instead" if looks_like_text else ""
-    return NetspecError(f"{path}: not a valid .{kind} ({error.reason} at byte {error.offset}){hint}")
+    return NetspecError(f"{path}: not a valid .{kind} ({reason}){hint}")
 
 
 # ------------------------------------------------------------------ writing
@@ -256,7 +257,7 @@ def _as_float32(array, layer_name, index):
     if isinstance(array, Blob):
         array = array.data
     try:
-        return np.ascontiguousarray(array, dtype=np.float32)
+        return np.asarray(array, dtype=np.float32, order='C')
     except (TypeError, ValueError) as e:
         raise NetspecError(f"weights of layer '{layer_name}', blob {index}: not a numeric array ({e})") from None
 

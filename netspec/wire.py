@@ -54,7 +54,7 @@ def read_varint(buf, pos, end):
     start = pos
     while True:
         if pos >= end:
-            raise WireError(start, "truncated varint")
+            raise WireError(start, "truncated: varint runs past the end")
         byte = buf[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -85,12 +85,12 @@ def read_field(buf, pos, end):
         length, data_start = read_varint(buf, payload, end)
         next_pos = data_start + length
         if next_pos > end:
-            raise WireError(data_start, f"field {number} of {length} bytes runs past the end")
+            raise WireError(data_start, f"truncated: field {number} claims {length} bytes, past the end")
         value = (data_start, next_pos)
     elif wire_type in (FIXED32, FIXED64):
         next_pos = payload + (4 if wire_type == FIXED32 else 8)
         if next_pos > end:
-            raise WireError(payload, f"truncated fixed-width field {number}")
+            raise WireError(payload, f"truncated: fixed-width field {number} runs past the end")
         value = payload
     else:
         raise WireError(pos, f"unsupported wire type {wire_type} (field {number})")
@@ -264,7 +264,7 @@ def _unpacked_run(buf, pos, end, key_byte, dtype):
             break
         chunk_rows *= 2
     if not pieces or sum(p.size for p in pieces) == 0:
-        raise WireError(pos, "truncated fixed-width field")
+        raise WireError(pos, "truncated: fixed-width value runs past the end")
     return np.concatenate(pieces), pos
 
 
@@ -295,7 +295,7 @@ def blob_pieces(array):
     """The BlobProto body of a float32 ``array`` (data, then shape) as a list of
     buffers to be written one after another; the data buffer is the array's own
     memory, not a copy."""
-    array = np.ascontiguousarray(array, dtype='<f4')
+    array = np.asarray(array, dtype='<f4', order='C')   # keeps 0-d arrays 0-d
     pieces = []
     if array.size:
         pieces.append(length_header(BLOB_DATA, array.nbytes))
