@@ -59,8 +59,10 @@ class ELU(_Neuron):
         self.alpha = float(self.lp.elu_param.alpha)
 
     def apply(self, x):
-        negative = self.alpha * (jnp.exp(jnp.minimum(x, 0)) - 1)
-        return jnp.where(x > 0, x, negative)
+        positive = x > 0
+        # exp of the non-positive part only (no overflow); gradient alpha*exp(x) at x <= 0.
+        negative = self.alpha * (jnp.exp(jnp.where(positive, jnp.zeros_like(x), x)) - 1)
+        return jnp.where(positive, x, negative)
 
 
 @register("Sigmoid")
