@@ -1,0 +1,485 @@
+"""Training as ``caffe train`` does it: ``Solver`` (pycaffe's ``caffe.SGDSolver`` & co.).
+
+The solver prototxt names a train net and test nets; the train net's learned blobs
+are a params pytree updated by one jitted step (``iter_size`` forward/backward
+passes accumulated with ``lax.scan``, then Caffe's update from ``netspec.optim``).
+Test nets share the train net's blobs.  Logs follow Caffe's glog lines so Caffe's
+log parsers work; snapshots are Caffe's binary ``.caffemodel`` + ``.solverstate``,
+written atomically.
+
+Per iteration, in Caffe's order: test (if ``iter % test_interval == 0``), forward/
+backward ``iter_size`` times, display, update, ``iter += 1``, snapshot (if
+``iter % snapshot == 0``).
+"""
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import compiler, optim
+from .errors import NetspecError
+from .layers import TEST, TRAIN
+from .lr_policy import learning_rate, multistep_current_step
+from .net import Net
+
+SIGNAL_EFFECTS = ("stop", "snapshot", "none")
+
+
+class Log:
+    """Caffe-style glog lines (``I1122 21:03:50.123456 12345 solver.py] Iteration 20, loss = 1.2``)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.pid = os.getpid()
+
+    def __call__(self, message):
+        now = time.time()
+        stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
+        self.stream.write(f"I{stamp} {self.pid:5d} solver.py] {message}\n")
+        self.stream.flush()
+
+
+def _resolve(path, base_dir):
+    """A path from the solver file: as given (Caffe: relative to the working directory), else next to the solver."""
+    if os.path.isabs(path) or os.path.exists(path) or base_dir is None:
+        return path
+    beside = os.path.join(base_dir, path)
+    return beside if os.path.exists(beside) else path
+
+
+def _g(value):
+    """Caffe prints floats with C++ ostream's default 6 significant digits."""
+    return f"{value:.6g}"
+
+
+class Solver:
+    """A solver prototxt ready to train: ``solver.step(n)``, ``solver.solve()``, ``solver.net``."""
+
+    def __init__(self, solver, *, python_path=(), devices=None, log=None, weights=None, solver_type=None):
+        from .prototxt import read_solver
+        from .proto import caffe_pb2
+        if isinstance(solver, caffe_pb2.SolverParameter):
+            self.param, self.path, base = solver, "<SolverParameter>", None
+        else:
+            self.path = str(solver)
+            self.param = read_solver(self.path)
+            base = os.path.dirname(os.path.abspath(self.path))
+        self._base = base
+        if solver_type:
+            self.param.ClearField("solver_type")
+            self.param.type = solver_type
+        self.log = log or Log()
+        self.python_path = tuple(python_path) + ((base,) if base else ())
+        self.type = optim.solver_type(self.param, self.path)
+        seed = int(self.param.random_seed) if self.param.random_seed >= 0 else 0
+        self._seed = seed
+        self.net = self._make_train_net(seed)
+        self.test_nets = self._make_test_nets(seed)
+        self.iter = 0
+        self._devices = list(devices) if devices else None
+        self._mesh = None
+        if self._devices and len(self._devices) > 1:
+            from jax.sharding import Mesh
+            self._mesh = Mesh(np.array(self._devices), ("batch",))
+        graph = self.net.graph
+        self._order = list(graph.learnable)
+        lr_mults, decay_mults = {}, {}
+        for node in graph.nodes:
+            for (owner, i), lr, decay in zip(node.param_keys, node.lr_mults, node.decay_mults):
+                if owner == node.name:
+                    lr_mults.setdefault(owner, []).append(lr)
+                    decay_mults.setdefault(owner, []).append(decay)
+        self._optimizer = optim.caffe_optimizer(self.param, lr_mults, decay_mults,
+                                                force_backward=graph.force_backward, name=self.path)
+        self._opt_state = self._optimizer.init(self._device_params())
+        self._losses = deque(maxlen=max(1, int(self.param.average_loss)))
+        self._steps = {}
+        self._requested = None
+        self._last_snapshot = None
+        for path in list(self.param.weights) + ([weights] if isinstance(weights, str) else list(weights or [])):
+            for p in path.split(","):
+                self.net.copy_from(_resolve(p, base))
+
+    # -- nets ---------------------------------------------------------------
+    def _net_source(self, which):
+        p = self.param
+        if which == "train":
+            given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+            if len(given) != 1:
+                raise NetspecError(f"{self.path}: specify exactly one of net, net_param, train_net, "
+                                   f"train_net_param (found {', '.join(given) or 'none'})")
+            field = given[0]
+            value = getattr(p, field)
+            return value if field.endswith("_param") else self._net_file(field, value)
+        raise ValueError(which)
+
+    def _net_file(self, field, value):
+        path = _resolve(value, self._base)
+        if not os.path.exists(path):
+            raise NetspecError(f'{self.path}: {field}: net file "{value}" does not exist')
+        return path
+
+    def _make_train_net(self, seed):
+        s = self.param.train_state
+        return Net(self._net_source("train"), phase=TRAIN, level=s.level, stages=tuple(s.stage),
+                   python_path=self.python_path, seed=seed)
+
+    def _make_test_nets(self, seed):
+        p = self.param
+        sources = [self._net_file("test_net", f) for f in p.test_net] + list(p.test_net_param)
+        generic = p.HasField("net") or p.HasField("net_param")
+        if generic:
+            generic_source = p.net_param if p.HasField("net_param") else self._net_file("net", p.net)
+            sources += [generic_source] * max(0, len(p.test_iter) - len(sources))
+        if len(p.test_iter) != len(sources):
+            if not sources and p.test_iter:
+                raise NetspecError(f"{self.path}: test_iter is given but there is no test net "
+                                   "(add test_net, or use net: for both phases)")
+            raise NetspecError(f"{self.path}: test_iter must be given once per test net "
+                               f"({len(sources)} test nets, {len(p.test_iter)} test_iter values)")
+        if sources and p.test_interval <= 0 and p.test_iter:
+            pass  # Caffe allows it; the nets are only run by test_all()
+        if p.test_state and len(p.test_state) != len(sources):
+            raise NetspecError(f"{self.path}: test_state must be given once per test net")
+        nets = []
+        for i, source in enumerate(sources):
+            state = p.test_state[i] if p.test_state else None
+            net = Net(source, phase=TEST, level=state.level if state else 0,
+                      stages=tuple(state.stage) if state else (), python_path=self.python_path, seed=seed)
+            net.share_with(self.net)
+            nets.append(net)
+        return nets
+
+    # -- device state -------------------------------------------------------
+    def _replicated(self, tree):
+        if self._mesh is None:
+            return jax.tree.map(jnp.asarray, tree)
+        from jax.sharding import NamedSharding, PartitionSpec
+        return jax.device_put(tree, NamedSharding(self._mesh, PartitionSpec()))
+
+    def _batch_sharded(self, tree, batch_axis):
+        if self._mesh is None:
+            return tree
+        from jax.sharding import NamedSharding, PartitionSpec
+        n = len(self._devices)
+
+        def put(x):
+            x = np.asarray(x)
+            if x.ndim > batch_axis and x.shape[batch_axis] % n == 0:
+                spec = PartitionSpec(*([None] * batch_axis + ["batch"]))
+            else:
+                spec = PartitionSpec()
+            return jax.device_put(x, NamedSharding(self._mesh, spec))
+        return jax.tree.map(put, tree)
+
+    def _device_params(self):
+        return self._replicated(self.net.param_tree())
+
+    # -- the jitted step ----------------------------------------------------
+    def _train_step(self, graph, stacked):
+        key = (id(graph), stacked)
+        if key in self._steps:
+            return self._steps[key]
+        optimizer = self._optimizer
+        keep = tuple(graph.outputs)
+
+        def loss_fn(params, state, inputs, rng):
+            blobs, loss, new_state = compiler.forward(graph, params, state, inputs, train=True,
+                                                      rng=rng, keep=keep)
+            return loss, (blobs, new_state)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def accumulate(params, state, grads, inputs, rng):
+            (loss, (blobs, state)), g = grad_fn(params, state, inputs, rng)
+            return state, jax.tree.map(jnp.add, grads, g), loss, blobs
+
+        def apply(params, opt_state, grads):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        if stacked:
+            def step(params, state, opt_state, inputs, rng):
+                def body(carry, xs):
+                    state, grads, loss_sum = carry
+                    x, i = xs
+                    state, grads, loss, blobs = accumulate(params, state, grads, x, jax.random.fold_in(rng, i))
+                    return (state, grads, loss_sum + loss), blobs
+                size = next(iter(inputs.values())).shape[0] if inputs else 1
+                zeros = jax.tree.map(jnp.zeros_like, params)
+                (state, grads, loss_sum), blobs = jax.lax.scan(
+                    body, (state, zeros, jnp.zeros((), jnp.float32)), (inputs, jnp.arange(size)))
+                params, opt_state = apply(params, opt_state, grads)
+                return params, state, opt_state, loss_sum / size, jax.tree.map(lambda b: b[-1], blobs)
+            fn = jax.jit(step, donate_argnums=(0, 2))
+        else:
+            fn = (jax.jit(accumulate), jax.jit(apply, donate_argnums=(0, 1)))
+        self._steps[key] = fn
+        return fn
+
+    def _next_batches(self):
+        """Run the host data layers ``iter_size`` times; the input values of each pass."""
+        net = self.net
+        batches = []
+        for _ in range(max(1, int(self.param.iter_size))):
+            net._run_host_data_layers()
+            batches.append({name: np.array(net.blobs[name].data) for name in net._graph.inputs})
+        return batches
+
+    def _run_iteration(self, params, state, batches, rng):
+        """One Caffe iteration on device; returns (params, state, loss, outputs)."""
+        net = self.net
+        shapes = [{k: v.shape for k, v in b.items()} for b in batches]
+        same = all(s == shapes[0] for s in shapes)
+        graph = net._build(shapes[0])
+        if same:
+            stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+            step = self._train_step(graph, True)
+            params, state, self._opt_state, loss, outputs = step(
+                params, state, self._opt_state, self._batch_sharded(stacked, 1), rng)
+            return params, state, loss, outputs, graph
+        grads = jax.tree.map(jnp.zeros_like, params)
+        loss_sum = 0.0
+        for i, batch in enumerate(batches):
+            graph = net._build(shapes[i])
+            accumulate, apply = self._train_step(graph, False)
+            state, grads, loss, outputs = accumulate(params, state, grads, self._batch_sharded(batch, 0),
+                                                     jax.random.fold_in(rng, i))
+            loss_sum = loss_sum + loss
+        params, self._opt_state = apply(params, self._opt_state, grads)
+        return params, state, loss_sum / len(batches), outputs, graph
+
+    # -- the loop -----------------------------------------------------------
+    def step(self, iters):
+        """Run ``iters`` iterations (Caffe's ``Solver::Step``)."""
+        p = self.param
+        params = self._device_params()
+        state = self._replicated(self.net.state_tree())
+        self._opt_state = optim.set_iteration(self._opt_state, self.iter)
+        stop_iter = self.iter + int(iters)
+        batches = None
+        tick, tick_iter = time.time(), self.iter
+        self._install_signal_handlers()
+        try:
+            while self.iter < stop_iter:
+                if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                    self._sync_to_net(params, state)
+                    self.test_all()
+                batches = batches or self._next_batches()
+                rng = jax.random.fold_in(jax.random.PRNGKey(self._seed), self.iter)
+                params, state, loss, outputs, graph = self._run_iteration(params, state, batches, rng)
+                batches = self._next_batches() if self.iter + 1 < stop_iter else None  # overlaps the device step
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    self._sync_to_net(params, state)
+                    where = f"the last snapshot is {self._last_snapshot}" if self._last_snapshot else "no snapshot was written"
+                    raise NetspecError(f"Iteration {self.iter}: loss = {loss}; training stopped ({where}). "
+                                       "Lower base_lr or check the data")
+                self._losses.append(loss)
+                smoothed = sum(self._losses) / len(self._losses)
+                if p.display and self.iter % p.display == 0:
+                    lapse = time.time() - tick
+                    per_s = (self.iter - tick_iter) / lapse if lapse > 0 else 0.0
+                    self.log(f"Iteration {self.iter} ({_g(per_s)} iter/s, {lapse:.3g}s/{p.display} iters), "
+                             f"loss = {_g(smoothed)}")
+                    self._log_outputs("Train", graph, {k: np.asarray(v) for k, v in outputs.items()})
+                    self.log(f"Iteration {self.iter}, lr = {_g(learning_rate(p, self.iter, self.path))}")
+                    tick, tick_iter = time.time(), self.iter
+                self.iter += 1
+                self.smoothed_loss = smoothed
+                request, self._requested = self._requested, None
+                if p.snapshot and self.iter % p.snapshot == 0:
+                    self._sync_to_net(params, state)
+                    self.snapshot()
+                if request == "snapshot":
+                    self._sync_to_net(params, state)
+                    self.snapshot()
+                elif request == "stop":
+                    self.requested_early_exit = True
+                    break
+        finally:
+            self._restore_signal_handlers()
+            self._sync_to_net(params, state)
+
+    def solve(self, resume_file=None):
+        """Train to ``max_iter`` (Caffe's ``Solver::Solve``), optionally resuming a ``.solverstate``."""
+        p = self.param
+        self.requested_early_exit = False
+        self.log(f"Solving {self.net._net_param.name}")
+        self.log(f"Learning Rate Policy: {p.lr_policy}")
+        if resume_file:
+            self.log(f"Restoring previous solver status from {resume_file}")
+            self.restore(resume_file)
+        self.step(int(p.max_iter) - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.requested_early_exit:
+            self.log("Optimization stopped early.")
+            return
+        if p.display and self.iter % p.display == 0:
+            out = self.net.forward()
+            loss = sum(w * float(np.sum(self.net.blobs[t].data)) for t, w in self.net.blob_loss_weights.items() if w)
+            self._losses.append(loss)
+            self.log(f"Iteration {self.iter}, loss = {_g(sum(self._losses) / len(self._losses))}")
+            del out
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        self.log("Optimization Done.")
+
+    def _sync_to_net(self, params, state):
+        self.net.set_param_tree(jax.device_get(params), jax.device_get(state))
+
+    def _log_outputs(self, which, graph, values):
+        index = 0
+        weights = {t: w for n in graph.nodes for t, w in zip(n.tops, n.loss_weights)}
+        for name in graph.outputs:
+            w = weights.get(name, 0.0)
+            for v in np.asarray(values[name]).ravel():
+                extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
+                self.log(f"    {which} net output #{index}: {name} = {_g(float(v))}{extra}")
+                index += 1
+
+    # -- testing ------------------------------------------------------------
+    def test_all(self):
+        """Run every test net for its ``test_iter`` passes and log the mean outputs."""
+        results = []
+        for i, net in enumerate(self.test_nets):
+            results.append(self.test(i))
+        return results
+
+    def test(self, index=0):
+        p, net = self.param, self.test_nets[index]
+        self.log(f"Iteration {self.iter}, Testing net (#{index})")
+        iterations = int(p.test_iter[index])
+        sums, loss = None, 0.0
+        for _ in range(iterations):
+            out = net.forward()
+            values = {k: np.array(v, np.float64) for k, v in out.items()}
+            if p.test_compute_loss:
+                loss += sum(w * float(np.sum(net.blobs[t].data)) for t, w in net.blob_loss_weights.items() if w)
+            sums = values if sums is None else {k: sums[k] + values[k] for k in sums}
+        if p.test_compute_loss:
+            self.log(f"Test loss: {_g(loss / max(1, iterations))}")
+        means = {k: v / max(1, iterations) for k, v in (sums or {}).items()}
+        self._log_outputs("Test", net.graph, means)
+        return means
+
+    # -- snapshots ----------------------------------------------------------
+    def _snapshot_prefix(self):
+        prefix = self.param.snapshot_prefix
+        if not prefix:
+            prefix = os.path.splitext(self.path)[0] if self._base else "snapshot"
+        return prefix
+
+    def snapshot(self):
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (each atomically)."""
+        from .caffemodel import write_solverstate
+        prefix = f"{self._snapshot_prefix()}_iter_{self.iter}"
+        directory = os.path.dirname(prefix)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        model = prefix + ".caffemodel"
+        self.log(f"Snapshotting to binary proto file {model}")
+        self.net.save(model)
+        state_file = prefix + ".solverstate"
+        self.log(f"Snapshotting solver state to binary proto file {state_file}")
+        history = self._caffe_history()
+        write_solverstate(state_file, self.iter, multistep_current_step(self.param, self.iter)
+                          if self.param.lr_policy == "multistep" else 0, model, history)
+        self._last_snapshot = model
+        return model, state_file
+
+    def _caffe_history(self):
+        """History blobs in Caffe's learnable-param order (BatchNorm statistics get zero history)."""
+        by_key = dict(zip([(k, s) for s in range(self._history_sets()) for k in self._order],
+                          optim.history_to_caffe(self._opt_state, self._order)))
+        blobs = []
+        for s in range(self._history_sets()):
+            for node in self.net.graph.nodes:
+                for (owner, i) in node.param_keys:
+                    if owner == node.name:
+                        blobs.append(by_key[((owner, i), s)])
+                for shape in self.net.graph.state_shapes.get(node.name, []):
+                    blobs.append(np.zeros(shape, np.float32))
+        return blobs
+
+    def _history_sets(self):
+        return len(optim.solver_state(self._opt_state).history)
+
+    def restore(self, path):
+        """Resume from a ``.solverstate`` (and the ``.caffemodel`` it names)."""
+        from .caffemodel import read_solverstate
+        saved = read_solverstate(path)
+        learned = saved.learned_net
+        if learned:
+            candidate = learned if os.path.exists(learned) else os.path.join(os.path.dirname(path), os.path.basename(learned))
+            self.net.copy_from(candidate)
+        self.iter = int(saved.iter)
+        history = list(saved.history)
+        per_set = len(history) // max(1, self._history_sets())
+        keep, position = [], 0
+        for s in range(self._history_sets()):
+            for node in self.net.graph.nodes:
+                for (owner, i) in node.param_keys:
+                    if owner == node.name:
+                        keep.append(history[position] if position < len(history) else None)
+                        position += 1
+                position += len(self.net.graph.state_shapes.get(node.name, []))
+            if position != per_set * (s + 1):
+                raise NetspecError(f"{path}: has {len(history)} history blobs; this net and solver "
+                                   f"type need {self._history_sets() * position // (s + 1)}")
+        self._opt_state = optim.history_from_caffe(self._opt_state, self._order, keep, name=path)
+        self._opt_state = optim.set_iteration(self._opt_state, self.iter)
+
+    # -- signals --------------------------------------------------------------
+    sigint_effect = "stop"
+    sighup_effect = "snapshot"
+
+    def _install_signal_handlers(self):
+        self._previous_handlers = {}
+
+        def handler(effect):
+            def on_signal(signum, frame):
+                if effect != "none":
+                    self._requested = effect
+            return on_signal
+        try:
+            for sig, effect in ((signal.SIGINT, self.sigint_effect), (getattr(signal, "SIGHUP", None), self.sighup_effect)):
+                if sig is not None:
+                    self._previous_handlers[sig] = signal.signal(sig, handler(effect))
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous_handlers = {}
+
+    def _restore_signal_handlers(self):
+        for sig, previous in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(sig, previous)
+
+
+def get_solver(path, **kwargs):
+    """pycaffe's ``caffe.get_solver``: the solver of the type the prototxt names."""
+    return Solver(path, **kwargs)
+
+
+def _typed(kind):
+    class TypedSolver(Solver):
+        """pycaffe's typed solver: uses this update rule whatever the prototxt's ``type`` says."""
+
+        def __init__(self, path, **kwargs):
+            super().__init__(path, solver_type=kind, **kwargs)
+    TypedSolver.__name__ = TypedSolver.__qualname__ = f"{kind}Solver"
+    return TypedSolver
+
+
+SGDSolver = _typed("SGD")
+NesterovSolver = _typed("Nesterov")
+AdaGradSolver = _typed("AdaGrad")
+RMSPropSolver = _typed("RMSProp")
+AdaDeltaSolver = _typed("AdaDelta")
+AdamSolver = _typed("Adam")
