@@ -90,6 +90,8 @@ def read_text_file(path):
 
 def _looks_like_path(value):
     """A string is a path unless it holds prototxt syntax (newline, ':' or '{')."""
+    if not value.strip():
+        return False
     if os.path.isfile(value):
         return True
     return "\n" not in value and ":" not in value and "{" not in value

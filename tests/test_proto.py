@@ -4,9 +4,6 @@ import pytest
 
 from netspec.proto import caffe_pb2
 
-FD = caffe_pb2.DESCRIPTOR.message_types_by_name  # noqa: N816
-
-
 def field(message, name):
     return getattr(caffe_pb2, message).DESCRIPTOR.fields_by_name[name]
 
