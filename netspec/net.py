@@ -65,6 +65,9 @@ class Net:
             self._net_param, self._source = read_net(str(model)), str(model)
         self.phase, self._level, self._stages = phase, level, tuple(stages)
         self._python_path = tuple(python_path)
+        if self._source != "<NetParameter>":   # a Python layer module may sit beside its prototxt
+            import os
+            self._python_path += (os.path.dirname(os.path.abspath(self._source)),)
         self._python_objects = {}       # layer name -> user object, kept across reshapes
         self._host_data_layers = []     # (layer name, object, top names): run on the host
         self._graphs, self._jitted = {}, {}

@@ -80,7 +80,8 @@ def load_python_layer(lp, phase, search_path=()):
     module_name, class_name = lp.python_param.module, lp.python_param.layer
     if not module_name or not class_name:
         raise NetspecError(f'layer "{lp.name}" (Python): python_param needs both "module" and "layer"')
-    extra = [p for p in list(search_path) + os.environ.get("NETSPEC_PYTHON_PATH", "").split(os.pathsep) if p]
+    extra = [p for p in list(search_path) + os.environ.get("NETSPEC_PYTHON_PATH", "").split(os.pathsep)
+             + [os.getcwd()] if p]
     for p in reversed(extra):
         if p not in sys.path:
             sys.path.insert(0, p)

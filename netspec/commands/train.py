@@ -1,0 +1,53 @@
+"""``netspec train --solver S [--weights W] [--snapshot STATE] [--gpu all]`` (``caffe train``)."""
+from ..errors import NetspecError
+
+
+def add_arguments(p):
+    p.add_argument("solver_file", nargs="?", help="the solver prototxt (or use --solver)")
+    p.add_argument("--solver", help="the solver prototxt")
+    p.add_argument("--weights", help="comma-separated .caffemodel files to initialize from (fine-tuning)")
+    p.add_argument("--snapshot", help="a .solverstate to resume from")
+    p.add_argument("--gpu", help="device ids (0,1) or 'all': train data-parallel over them (batch split along N)")
+    p.add_argument("--python-path", action="append", default=[],
+                   help="a directory to search for Python layer modules (repeatable)")
+    p.add_argument("--sigint_effect", choices=("stop", "snapshot", "none"), default="stop",
+                   help="what Ctrl-C does (Caffe's default: snapshot and stop)")
+    p.add_argument("--sighup_effect", choices=("stop", "snapshot", "none"), default="snapshot",
+                   help="what SIGHUP does (default: snapshot and continue)")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host; see README)")
+
+
+def select_devices(spec):
+    """``None`` -> default device; ``all`` -> every local device; ``0,2`` -> those local devices."""
+    if not spec:
+        return None
+    import jax
+    devices = jax.local_devices()
+    if spec == "all":
+        return devices
+    try:
+        ids = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise NetspecError(f"--gpu {spec}: give device ids like 0,1 or 'all'") from None
+    bad = [i for i in ids if not 0 <= i < len(devices)]
+    if bad:
+        raise NetspecError(f"--gpu {spec}: no device {bad[0]} (there are {len(devices)}: 0..{len(devices) - 1})")
+    return [devices[i] for i in ids]
+
+
+def run(args):
+    path = args.solver or args.solver_file
+    if not path:
+        raise NetspecError("train: give the solver prototxt (netspec train --solver solver.prototxt)")
+    if args.snapshot and args.weights:
+        raise NetspecError("train: give --snapshot or --weights, not both")
+    if args.distributed:
+        import jax
+        jax.distributed.initialize()
+    from ..solver import Solver
+    solver = Solver(path, python_path=args.python_path, devices=select_devices(args.gpu),
+                    weights=args.weights.split(",") if args.weights else None)
+    solver.sigint_effect, solver.sighup_effect = args.sigint_effect, args.sighup_effect
+    solver.solve(resume_file=args.snapshot)
+    return 0
