@@ -14,6 +14,7 @@ with the legacy num/channels/height/width fields come back 4-D;
 Read arrays are writable, aligned views into one buffer holding the file:
 keeping any of them alive keeps the whole file in memory.
 """
+import mmap
 import os
 import secrets
 from typing import NamedTuple
@@ -155,31 +156,31 @@ def _name_weights(net, layer_blobs):
 
 
 def _read_bytes(path, kind="caffemodel"):
-    """The whole file as a bytearray (writable, so arrays viewing it are too)."""
+    """The whole file in one writable uint8 array, so arrays viewing it are writable.
+
+    The memory is a fresh anonymous mapping: its pages are first touched by the
+    read itself (a zero-filled ``bytearray`` touches them twice), and it is not
+    marked for huge pages, whose allocation can stall for seconds on a busy host."""
     try:
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
-            buffer = bytearray(size)
-            view = memoryview(buffer)
+            buffer = np.frombuffer(mmap.mmap(-1, size), np.uint8) if size else np.zeros(0, np.uint8)
             done = 0
             while done < size:
-                n = f.readinto(view[done:])
+                n = f.readinto(memoryview(buffer[done:]))
                 if not n:
                     break
                 done += n
-            view.release()
     except OSError as e:
         raise NetspecError(f"{path}: cannot read the .{kind} ({e.strerror or e})") from None
-    if done < size:
-        del buffer[done:]
-    if not buffer:
+    if done == 0:
         raise NetspecError(f"{path}: the .{kind} is empty (was the download or snapshot cut short?)")
-    return buffer
+    return buffer[:done]
 
 
 def _invalid(path, kind, reason, buffer):
     """The one-line error for a file that is not a valid binary ``kind`` file."""
-    head = bytes(buffer[:256])
+    head = buffer[:256].tobytes()
     looks_like_text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
     hint = "; it looks like text, e.g. a prototxt: give it as the net definition instead" if looks_like_text else ""
     return NetspecError(f"{path}: not a valid .{kind} ({reason}){hint}")

@@ -140,7 +140,7 @@ class BlobDecoder:
     """
 
     def __init__(self, buffer):
-        self.buffer = buffer                      # bytearray (or other writable buffer)
+        self.buffer = buffer                      # writable uint8 array or bytearray
         self.view = memoryview(buffer)
         self.base_address = np.frombuffer(buffer, np.uint8).ctypes.data if len(self.view) else 0
         self.claimed_end = 0                      # end of the last region handed out as a view
