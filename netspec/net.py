@@ -291,7 +291,7 @@ class Net:
                                                   probes=probes, keep=seeded)
                 return loss + sum(jnp.sum(seeds[n] * blobs[n]) for n in seeded)
 
-            grad = jax.grad(objective, argnums=(0, 1))
+            grad = jax.grad(objective, argnums=(0, 1, 3))
 
             def run(params, state, inputs, seeds, rng):
                 probes = {n: jnp.zeros(graph.blob_shapes[n], jnp.float32) for n in probe_names}
@@ -314,8 +314,9 @@ class Net:
                 raise NetspecError(f'backward(): the net has no blob "{name}"')
             seeds[name] = np.asarray(value, np.float32).reshape(graph.blob_shapes[name])
         rng = self._last_rng if self._last_rng is not None else self._next_rng()
-        param_grads, blob_grads = self._grad_fn(graph, tuple(sorted(seeds)))(
+        param_grads, blob_grads, input_grads = self._grad_fn(graph, tuple(sorted(seeds)))(
             self.param_tree(), self.state_tree(), self._input_values(), seeds, rng)
+        blob_grads = {**blob_grads, **(input_grads if graph.force_backward else {})}
         for node in graph.nodes:
             for (owner, i), blob, lr in zip(node.param_keys, self._layer_blobs[node.name], node.lr_mults):
                 if owner == node.name and owner in param_grads and (lr != 0 or graph.force_backward):
