@@ -27,7 +27,6 @@ import os
 import sys
 from collections import Counter, OrderedDict
 
-from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from netspec.errors import NetspecError, where
@@ -405,8 +404,9 @@ class Parameters:
 
 
 def prototxt_text(net):
-    """The text-format prototxt of a NetParameter, as Caffe's ``str(net.to_proto())`` gives."""
-    return text_format.MessageToString(net)
+    """The prototxt text of a NetParameter (what pycaffe's ``str(net.to_proto())`` gives)."""
+    from netspec.prototxt import format_net
+    return format_net(net)
 
 
 layers = Layers()
