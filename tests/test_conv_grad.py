@@ -1,0 +1,115 @@
+"""The GEMM weight-gradient convolution against jax.grad of lax.conv_general_dilated."""
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from netspec.layers import conv_grad
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+NHWC_HWIO = conv_grad.NHWC_HWIO
+
+CASES = [
+    # (N, H, W, C, O, kernel, stride, pad, dilation)
+    (1, 7, 9, 3, 5, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (2, 11, 8, 4, 6, (3, 2), (2, 3), ((2, 0), (1, 3)), (1, 1)),
+    (1, 13, 10, 5, 3, (3, 3), (1, 2), ((2, 2), (0, 1)), (2, 3)),
+    (2, 6, 7, 2, 4, (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    (1, 5, 5, 3, 2, (5, 5), (1, 1), ((4, 4), (4, 4)), (1, 1)),
+    (1, 9, 12, 6, 7, (7, 7), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    (1, 10, 10, 4, 4, (3, 3), (3, 3), ((1, 2), (2, 1)), (1, 1)),
+]
+
+
+def _reference(x, w, stride, pad, dilation):
+    return lax.conv_general_dilated(x, w, stride, pad, rhs_dilation=dilation,
+                                    dimension_numbers=NHWC_HWIO,
+                                    precision=lax.Precision.HIGHEST)
+
+
+def _random(shape, rs):
+    return jnp.asarray(rs.standard_normal(shape).astype(np.float32))
+
+
+def _naive_weight_grad(x, g, kernel, stride, pad, dilation):
+    """dW[i, j, c, o] = sum_{n, p, q} xpad[n, i*d + p*s, j*d + q*s, c] * g[n, p, q, o] in NumPy."""
+    x, g = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    xp = np.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+    oh, ow = g.shape[1:3]
+    dw = np.zeros(kernel + (x.shape[3], g.shape[3]))
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            rows = i * dilation[0] + stride[0] * np.arange(oh)
+            cols = j * dilation[1] + stride[1] * np.arange(ow)
+            view = xp[:, rows][:, :, cols]
+            dw[i, j] = np.einsum("npqc,npqo->co", view, g)
+    return dw
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_lax_forward_and_gradients(case):
+    n, h, w_, c, o, kernel, stride, pad, dilation = case
+    rs = np.random.RandomState(sum(case[:5]))
+    x = _random((n, h, w_, c), rs)
+    w = _random(kernel + (c, o), rs)
+    y_ref = _reference(x, w, stride, pad, dilation)
+    g = _random(y_ref.shape, rs)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(conv(x, w) * g)
+
+    ours = jax.jit(lambda x, w: conv_grad.conv_general_dilated(
+        x, w, stride, pad, rhs_dilation=dilation, dimension_numbers=NHWC_HWIO))
+    theirs = lambda x, w: _reference(x, w, stride, pad, dilation)
+    np.testing.assert_allclose(ours(x, w), y_ref, rtol=1e-5, atol=1e-5)
+    dx, dw = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, w)
+    dx_ref, dw_ref = jax.grad(loss(theirs), argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dw, _naive_weight_grad(x, g, kernel, stride, pad, dilation),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_weight_grad_gemm_directly():
+    rs = np.random.RandomState(3)
+    x = _random((2, 9, 8, 3), rs)
+    g = _random((2, 4, 3, 5), rs)  # kernel 3x2, stride 2x3, pad ((1, 0), (2, 1))
+    pad = ((1, 0), (2, 1))
+    dw = conv_grad.weight_grad_gemm(x, g, (3, 2), (2, 3), pad, (1, 1))
+    np.testing.assert_allclose(dw, _naive_weight_grad(x, g, (3, 2), (2, 3), pad, (1, 1)),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_other_layouts_and_groups_fall_back_to_lax():
+    rs = np.random.RandomState(5)
+    x = _random((1, 6, 7, 4), rs)
+    w = _random((3, 3, 2, 6), rs)
+    pad = ((1, 1), (1, 1))
+    ours = conv_grad.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=NHWC_HWIO,
+                                          feature_group_count=2)
+    ref = lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=NHWC_HWIO,
+                                   feature_group_count=2)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    x_nchw = jnp.moveaxis(x, 3, 1)
+    w_oihw = jnp.transpose(_random((3, 3, 4, 5), rs), (3, 2, 0, 1))
+    got = jax.grad(lambda w: jnp.sum(conv_grad.conv_general_dilated(
+        x_nchw, w, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")) ** 2))(w_oihw)
+    want = jax.grad(lambda w: jnp.sum(lax.conv_general_dilated(
+        x_nchw, w, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")) ** 2))(w_oihw)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_bfloat16_gradient_dtype_and_value():
+    rs = np.random.RandomState(7)
+    x = _random((1, 8, 8, 4), rs).astype(jnp.bfloat16)
+    w = _random((3, 3, 4, 4), rs).astype(jnp.bfloat16)
+    pad = ((1, 1), (1, 1))
+    conv = lambda x, w: conv_grad.conv_general_dilated(x, w, (1, 1), pad,
+                                                       dimension_numbers=NHWC_HWIO)
+    dw = jax.grad(lambda w: jnp.sum(conv(x, w).astype(jnp.float32)))(w)
+    assert dw.dtype == jnp.bfloat16
+    g = np.ones((1, 8, 8, 4), np.float32)
+    want = _naive_weight_grad(np.asarray(x, np.float32), g, (3, 3), (1, 1), pad, (1, 1))
+    np.testing.assert_allclose(np.asarray(dw, np.float32), want, rtol=2e-2, atol=0.5)
