@@ -29,10 +29,11 @@ from netspec.proto import caffe_pb2
 
 # Field numbers (BVLC caffe.proto).
 NET_LAYERS_V1, NET_LAYER = 2, 100
-V1_LAYER_V0, V1_NAME, V1_BLOBS = 1, 4, 6
+V1_LAYER_V0, V1_BLOBS = 1, 6
 V0_BLOBS = 50
 LAYER_BLOBS = 7
 STATE_HISTORY = 3
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 class SolverState(NamedTuple):
@@ -117,8 +118,9 @@ def _split_message(decoder, span, blobs_field, nested=None):
     """Cut the blobs out of the layer message at ``span``.
 
     Returns ``(body, blobs)``: the message's bytes without its ``blobs_field``
-    fields, and those blobs decoded (``wire.BlobContents``, not yet shaped).  ``nested`` is the field number of a V0
-    layer inside a V1 layer, whose blobs (field 50) are cut out too."""
+    fields, and those blobs decoded (``wire.BlobContents``, not yet shaped).
+    ``nested`` is the field number of a V0 layer inside a V1 layer, whose blobs
+    (field 50) are cut out too."""
     start, end = span
     body = bytearray()
     blobs = []
@@ -158,13 +160,13 @@ def _name_weights(net, layer_blobs):
 def _read_bytes(path, kind="caffemodel"):
     """The whole file in one writable uint8 array, so arrays viewing it are writable.
 
-    The memory is a fresh anonymous mapping: its pages are first touched by the
-    read itself (a zero-filled ``bytearray`` touches them twice), and it is not
-    marked for huge pages, whose allocation can stall for seconds on a busy host."""
+    The memory is a fresh anonymous mapping, not a zero-filled ``bytearray``
+    (whose pages are touched twice) nor a NumPy array (marked for huge pages,
+    whose allocation can stall for seconds on a busy host)."""
     try:
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
-            buffer = np.frombuffer(mmap.mmap(-1, size), np.uint8) if size else np.zeros(0, np.uint8)
+            buffer = _anonymous_memory(size)
             done = 0
             while done < size:
                 n = f.readinto(memoryview(buffer[done:]))
@@ -175,7 +177,20 @@ def _read_bytes(path, kind="caffemodel"):
         raise NetspecError(f"{path}: cannot read the .{kind} ({e.strerror or e})") from None
     if done == 0:
         raise NetspecError(f"{path}: the .{kind} is empty (was the download or snapshot cut short?)")
+    if buffer[:8].tobytes() == HDF5_SIGNATURE:
+        raise NetspecError(f"{path}: this is an HDF5 snapshot (snapshot_format: HDF5), which netspec does not read; "
+                           "save it in BINARYPROTO format")
     return buffer[:done]
+
+
+def _anonymous_memory(size):
+    """``size`` writable bytes as a uint8 array, pre-faulted where Linux allows."""
+    if size == 0:
+        return np.zeros(0, np.uint8)
+    if hasattr(mmap, "MAP_POPULATE"):
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+        return np.frombuffer(mmap.mmap(-1, size, flags=flags), np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size), np.uint8)
 
 
 def _invalid(path, kind, reason, buffer):

@@ -358,6 +358,7 @@ def test_truncated_file_is_reported(tmp_path, cut):
     (b"\x07abc", "field number 0"),
     (b"\xa2\x06\x05\x3a\x03\x2a\x01\x00", "not a multiple of 4"),
     (b"", "empty"),
+    (b"\x89HDF\r\n\x1a\n" + bytes(100), "HDF5"),
 ])
 def test_invalid_files_give_one_line_errors(tmp_path, content, message):
     path = tmp_path / "bad.caffemodel"
