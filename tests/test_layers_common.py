@@ -74,7 +74,7 @@ def test_batchnorm_train_uses_batch_stats_and_updates_state(channels_last, shape
     state = [randn((c,), seed=2), np.abs(randn((c,), seed=3)), np.array([2.5], np.float32)]
     (y,), new_state = run_layer(layer, [x], train=True, state=state, return_state=True)
     mean, var, m = batch_stats(x.astype(np.float64))
-    assert_close(y, normalize(x, mean, var, 0.001), rtol=1e-4, atol=1e-5)
+    assert_close(y, normalize(x, mean, var, 0.001), rtol=1e-5, atol=1e-5)
     assert_close(new_state[0], state[0] * 0.9 + mean)
     assert_close(new_state[1], state[1] * 0.9 + var * m / (m - 1))
     assert_close(new_state[2], [2.5 * 0.9 + 1])
@@ -88,7 +88,7 @@ def test_batchnorm_global_stats_forward_and_caffe_backward(channels_last):
     state = [randn((3,), seed=5), np.abs(randn((3,), seed=6)) + 0.1, np.array([4.0], np.float32)]
     (y,), new_state = run_layer(layer, [x], state=state, return_state=True)
     mean, var = state[0] / 4.0, state[1] / 4.0
-    assert_close(y, normalize(x, mean, var, 1e-5), rtol=1e-4)
+    assert_close(y, normalize(x, mean, var, 1e-5), rtol=1e-5, atol=1e-5)
     assert new_state is None
     dy = randn(shape, seed=7)
     (gx,) = bottom_grads(layer, [x], [dy], state=state)
@@ -103,7 +103,7 @@ def test_batchnorm_zero_scale_factor_means_zero_stats():
     x = randn((2, 3, 2, 2), seed=8)
     state = [np.ones(3, np.float32), np.ones(3, np.float32), np.zeros(1, np.float32)]
     (y,) = run_layer(layer, [x], state=state)
-    assert_close(y, x / np.sqrt(1e-5), rtol=1e-4)
+    assert_close(y, x / np.sqrt(1e-5), rtol=1e-5)
 
 
 def test_batchnorm_use_global_stats_overrides_phase():
@@ -113,12 +113,12 @@ def test_batchnorm_use_global_stats_overrides_phase():
     fixed = make_layer('type: "BatchNorm" batch_norm_param { use_global_stats: true }',
                        [shape], phase=TRAIN)
     (y,), new_state = run_layer(fixed, [x], train=True, state=state, return_state=True)
-    assert_close(y, normalize(x, state[0], state[1], 1e-5), rtol=1e-4)
+    assert_close(y, normalize(x, state[0], state[1], 1e-5), rtol=1e-5, atol=1e-5)
     assert new_state is None
     batch = make_layer('type: "BatchNorm" batch_norm_param { use_global_stats: false }', [shape])
     (y,) = run_layer(batch, [x], train=False, state=state)
     mean, var, _ = batch_stats(x.astype(np.float64))
-    assert_close(y, normalize(x, mean, var, 1e-5), rtol=1e-4, atol=1e-5)
+    assert_close(y, normalize(x, mean, var, 1e-5), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -545,3 +545,14 @@ def test_argmax_has_no_gradient_and_checks_top_k():
     assert np.all(gx == 0)
     with pytest.raises(NetspecError, match="under_test.*top_k 4"):
         make_layer('type: "ArgMax" argmax_param { axis: 1 top_k: 4 }', [SHAPE])
+
+
+def test_layout_flags():
+    assert make_layer('type: "Split"', [SHAPE], num_tops=2).elementwise
+    assert make_layer('type: "Eltwise"', [SHAPE, SHAPE]).elementwise
+    for kind in ("BatchNorm", "Scale", "Bias", "Concat", "Slice"):
+        assert make_layer(f'type: "{kind}"', [SHAPE]).channels_last, kind
+    for text in ('type: "Flatten"', 'type: "Reshape" reshape_param { shape { dim: -1 } }',
+                 'type: "Reduction"', 'type: "ArgMax"', 'type: "Tile" tile_param { tiles: 2 }'):
+        layer = make_layer(text, [SHAPE])
+        assert not (layer.channels_last or layer.elementwise), text

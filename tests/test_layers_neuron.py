@@ -309,3 +309,13 @@ def test_prelu_default_filler_and_finite_differences():
 def test_prelu_needs_two_axes():
     with pytest.raises(NetspecError, match=r"under_test.*\(5,\)"):
         make_layer('type: "PReLU"', [(5,)])
+
+
+def test_layout_flags():
+    pointwise = ["ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL",
+                 "Threshold", "Dropout", "Swish"]
+    for kind in pointwise:
+        layer = make_layer(f'type: "{kind}"', [TINY])
+        assert layer.elementwise and not layer.channels_last, kind
+    assert make_layer('type: "Clip" clip_param { min: 0 max: 1 }', [TINY]).elementwise
+    assert make_layer('type: "PReLU"', [TINY]).channels_last
