@@ -33,23 +33,31 @@ class Cycle(netspec.Layer):
             self.data, self.label = f["data"], f["label"]
         self.count = 0
 
+        self.sizes = params.get("sizes")   # optional: batch k keeps only its first sizes[k] items
+
+    def batch(self):
+        k = self.count % len(self.data)
+        n = self.sizes[k] if self.sizes else len(self.data[k])
+        return self.data[k][:n], self.label[k][:n]
+
     def reshape(self, bottom, top):
-        top[0].reshape(*self.data.shape[1:])
-        top[1].reshape(*self.label.shape[1:])
+        data, label = self.batch()
+        top[0].reshape(*data.shape)
+        top[1].reshape(*label.shape)
 
     def forward(self, bottom, top):
-        k = self.count % len(self.data)
+        data, label = self.batch()
         self.count += 1
-        top[0].data[...] = self.data[k]
-        top[1].data[...] = self.label[k]
+        top[0].data[...] = data
+        top[1].data[...] = label
 '''
 
 
-def data_layer(npz, phase=None):
+def data_layer(npz, phase=None, sizes=None):
     include = f" include {{ phase: {phase} }}" if phase else ""
     return (f'layer {{ name: "data" type: "Python" top: "data" top: "label"\n'
-            f'  python_param {{ module: "solver_test_data" layer: "Cycle" param_str: "{{\'file\': \'{npz}\'}}" }}'
-            f'{include} }}\n')
+            f'  python_param {{ module: "solver_test_data" layer: "Cycle" '
+            f'param_str: "{{\'file\': \'{npz}\', \'sizes\': {sizes}}}" }}{include} }}\n')
 
 
 def ip_layer(name, bottom, num_output, params="", std=0.5):
@@ -135,6 +143,20 @@ def test_iter_size_averages_the_gradients_of_its_batches(tmp_path):
     np.testing.assert_allclose(got_b, b - 0.2 * (gb0 + gb1) / 2, rtol=1e-5, atol=1e-6)
     assert solver.smoothed_loss == pytest.approx((loss0 + loss1) / 2, rel=1e-5)
     assert solver.iter == 1
+
+
+def test_iter_size_with_batches_of_different_sizes(tmp_path):
+    batches = regression_batches()
+    net = LINEAR_NET.replace(data_layer("NPZ"), data_layer("NPZ", sizes=[4, 2]))
+    solver = Solver(write_case(tmp_path, net, linear_solver("iter_size: 2"), batches))
+    w, b = (np.array(a, np.float64) for a in params_of(solver.net)["ip"])
+    gw0, gb0, loss0 = linear_grads(w, b, batches[0][0], batches[1][0])
+    gw1, gb1, loss1 = linear_grads(w, b, batches[0][1][:2], batches[1][1][:2])
+    solver.step(1)
+    got_w, got_b = params_of(solver.net)["ip"]
+    np.testing.assert_allclose(got_w, w - 0.1 * ((gw0 + gw1) / 2 + 0.01 * w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_b, b - 0.2 * (gb0 + gb1) / 2, rtol=1e-5, atol=1e-6)
+    assert solver.smoothed_loss == pytest.approx((loss0 + loss1) / 2, rel=1e-5)
 
 
 def test_lr_mult_zero_freezes_a_layer(tmp_path):
