@@ -280,7 +280,7 @@ class Solver:
                 if not math.isfinite(loss):
                     self._sync_to_net(params, state)
                     where = f"the last snapshot is {self._last_snapshot}" if self._last_snapshot else "no snapshot was written"
-                    raise NetspecError(f"Iteration {self.iter}: loss = {loss}; training stopped ({where}). "
+                    raise NetspecError(f"{self.path}: iteration {self.iter}: loss = {loss}; training stopped ({where}). "
                                        "Lower base_lr or check the data")
                 self._losses.append(loss)
                 smoothed = sum(self._losses) / len(self._losses)

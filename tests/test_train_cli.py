@@ -212,3 +212,19 @@ def test_diverging_training_exits_2_and_keeps_snapshots(tmp_path, monkeypatch, c
     assert "snap/toy_iter_4.caffemodel" in error
     weights = load_weights("snap/toy_iter_4.caffemodel")
     assert all(np.isfinite(a).all() for arrays in weights.values() for a in arrays)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--weights", "a.caffemodel", "--snapshot", "a.solverstate"], ["--snapshot", "--weights"]),
+    (["--gpu", "7"], ["--gpu 7", "no device 7"]),
+    (["--gpu", "first"], ["--gpu first", "all"]),
+    (["--weights", "absent.caffemodel"], ["absent.caffemodel"]),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, words):
+    monkeypatch.chdir(tmp_path)
+    write_files(tmp_path)
+    code, err = train(capsys, "--solver", "solver.prototxt", *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("netspec train: error: ")
+    assert all(w in lines[0] for w in words), lines[0]
