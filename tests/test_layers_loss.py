@@ -550,3 +550,25 @@ def test_accuracy_errors():
         make_layer('type: "Accuracy" accuracy_param { top_k: 6 }', [(3, 5), (3,)])
     with pytest.raises(NetspecError, match="label count"):
         make_layer('type: "Accuracy"', [(2, 5, 3, 3), (2, 9, 2)])
+
+
+# -- dtypes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,shapes", [
+    ('type: "Softmax"', [(2, 3, 2, 2)]),
+    ('type: "SoftmaxWithLoss"', [(2, 3, 2, 2), (2, 1, 2, 2)]),
+    ('type: "SigmoidCrossEntropyLoss"', [(2, 3), (2, 3)]),
+    ('type: "EuclideanLoss"', [(2, 3), (2, 3)]),
+    ('type: "HingeLoss"', [(2, 3), (2,)]),
+    ('type: "MultinomialLogisticLoss"', [(2, 3), (2,)]),
+    ('type: "InfogainLoss"', [(2, 3), (2,), (3, 3)]),
+    ('type: "ContrastiveLoss"', [(2, 3), (2, 3), (2,)]),
+    ('type: "Accuracy"', [(2, 3, 2, 2), (2, 1, 2, 2)]),
+])
+def test_tops_keep_the_input_dtype(text, shapes):
+    layer = make_layer(text, shapes)
+    bottoms = [np.ones(s, np.float32) for s in shapes]
+    assert all(t.dtype == np.float32 for t in forward(layer, bottoms))
+    with jax.enable_x64(True):
+        tops = forward(layer, [b.astype(np.float64) for b in bottoms])
+        assert all(t.dtype == np.float64 for t in tops)
