@@ -4,6 +4,7 @@ resume, atomic snapshots, and one-line errors for bad solver files."""
 import errno
 import glob
 import os
+import re
 import textwrap
 
 import jax
@@ -128,6 +129,29 @@ def test_sgd_with_momentum_matches_caffe_update(tmp_path):
         np.testing.assert_allclose(got_b, b, rtol=1e-5, atol=1e-6)
         assert solver.smoothed_loss == pytest.approx(loss, rel=1e-5)
     assert solver.iter == 3
+
+
+def test_average_loss_display_and_test_interval(tmp_path):
+    batches = regression_batches()
+    path = write_case(tmp_path, LINEAR_NET, linear_solver(
+        "average_loss: 2\ndisplay: 1\ntest_iter: 1\ntest_interval: 2\ntest_initialization: false"), batches)
+    messages = []
+    solver = Solver(path, log=messages.append)
+    w, b = (np.array(a, np.float64) for a in params_of(solver.net)["ip"])
+    hw, hb, losses = np.zeros_like(w), np.zeros_like(b), []
+    for it in range(4):
+        gw, gb, loss = linear_grads(w, b, batches[0][it % 2], batches[1][it % 2])
+        losses.append(loss)
+        hw, hb = 0.9 * hw + 0.1 * (gw + 0.01 * w), 0.9 * hb + 0.2 * gb
+        w, b = w - hw, b - hb
+    solver.step(4)
+    shown = [(int(m.group(1)), float(m.group(2))) for m in
+             (re.match(r"Iteration (\d+) \(.*\), loss = (\S+)$", text) for text in messages) if m]
+    assert [i for i, _ in shown] == [0, 1, 2, 3]
+    smoothed = [np.mean(losses[max(0, i - 1):i + 1]) for i in range(4)]   # mean of the last two
+    np.testing.assert_allclose([v for _, v in shown], smoothed, rtol=1e-5)
+    assert [text for text in messages if "Testing net" in text] == ["Iteration 2, Testing net (#0)"]
+    assert [text for text in messages if "lr = " in text] == [f"Iteration {i}, lr = 0.1" for i in range(4)]
 
 
 def test_iter_size_averages_the_gradients_of_its_batches(tmp_path):
