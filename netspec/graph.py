@@ -191,9 +191,16 @@ def _assign_params(node, lp, param_owner, param_shapes, param_fillers, learnable
     impl = node.impl
     shapes = [tuple(s) for s in impl.param_shapes()]
     fillers = list(impl.param_fillers())
-    if len(lp.param) > len(shapes):
+    # Caffe counts BatchNorm's statistics as layer blobs, so its prototxts carry a
+    # ParamSpec (lr_mult 0) for each of them too
+    stored = len(shapes) + len(impl.state_shapes())
+    if len(lp.param) > stored:
         raise NetspecError(f'layer "{lp.name}" ({lp.type}): has {len(lp.param)} param specs but '
-                           f'only {len(shapes)} learned blobs')
+                           f'only {stored} blobs')
+    for spec in list(lp.param)[len(shapes):]:
+        if spec.lr_mult != 0:
+            raise NetspecError(f'layer "{lp.name}" ({lp.type}): its statistics blobs are not learned; '
+                               'set lr_mult: 0 in their param specs')
     owned_shapes, owned_fillers = [], []
     for i, shape in enumerate(shapes):
         spec = lp.param[i] if i < len(lp.param) else None

@@ -144,3 +144,31 @@ def seg11valid_ids(voc2011_dir, sbd_train_ids, expected=SEG11VALID_COUNT):
             f"({len(sbd_train)} ids, real: {SBD_TRAIN_COUNT}) gives {len(valid)} images, not {expected}; "
             "use the VOC2011 val list and SBD's train.txt, or pass expected=None for other data")
     return valid
+
+
+def net_hist(net, iterations, n_cl, score_blob="score", label_blob="label"):
+    """Confusion histogram of a netspec/pycaffe ``Net`` whose data layer feeds ``label_blob``.
+
+    Runs ``iterations`` forward passes (the data layer advances each time, as in the
+    reference ``score.seg_tests``) and compares ``argmax`` over ``score_blob``'s
+    channels with the labels.
+    """
+    hist = np.zeros((n_cl, n_cl), np.int64)
+    for _ in range(iterations):
+        net.forward()
+        scores_ = net.blobs[score_blob].data[0]
+        label = net.blobs[label_blob].data[0]
+        hist += fast_hist(label.reshape(-1).astype(np.int64), scores_.argmax(0).reshape(-1), n_cl)
+    return hist
+
+
+def format_scores(result, class_names=None):
+    """The four metrics (and per-class IU) as printable lines, in percent like the paper."""
+    lines = [f"pixel accuracy     {100 * result['pixel_acc']:.2f}",
+             f"mean accuracy      {100 * result['mean_acc']:.2f}",
+             f"mean IU            {100 * result['mean_iu']:.2f}",
+             f"f.w. IU            {100 * result['fwavacc']:.2f}"]
+    for i, iu in enumerate(result["per_class_iu"]):
+        name = class_names[i] if class_names and i < len(class_names) else f"class {i}"
+        lines.append(f"  IU {name:<14} {'   n/a' if np.isnan(iu) else f'{100 * iu:6.2f}'}")
+    return lines

@@ -26,7 +26,7 @@ import optax
 from . import compiler, optim
 from .errors import NetspecError
 from .layers import TEST, TRAIN
-from .lr_policy import learning_rate, multistep_current_step
+from .lr_policy import learning_rate, snapshot_current_step
 from .net import Net
 
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")
@@ -98,7 +98,10 @@ class Solver:
                     decay_mults.setdefault(owner, []).append(decay)
         self._optimizer = optim.caffe_optimizer(self.param, lr_mults, decay_mults,
                                                 force_backward=graph.force_backward, name=self.path)
-        self._opt_state = self._optimizer.init(self._device_params())
+        # fresh buffers per leaf: init may reuse one zeros array for several history sets,
+        # and the jitted step donates the optimizer state
+        self._opt_state = jax.tree.map(lambda x: jnp.array(x, copy=True),
+                                       self._optimizer.init(self._device_params()))
         self._losses = deque(maxlen=max(1, int(self.param.average_loss)))
         self._steps = {}
         self._requested = None
@@ -391,8 +394,8 @@ class Solver:
         state_file = prefix + ".solverstate"
         self.log(f"Snapshotting solver state to binary proto file {state_file}")
         history = self._caffe_history()
-        write_solverstate(state_file, self.iter, multistep_current_step(self.param, self.iter)
-                          if self.param.lr_policy == "multistep" else 0, model, history)
+        current_step = snapshot_current_step(self.param, self.iter) if self.param.lr_policy == "multistep" else 0
+        write_solverstate(state_file, self.iter, current_step, model, history)
         self._last_snapshot = model
         return model, state_file
 

@@ -72,7 +72,10 @@ def check_layer_grads(layer, bottoms, params=(), wrt_bottoms=None, train=False, 
         objective = jax.jit(objective)
         args = ([bottoms64[i] for i in wrt_bottoms], params64)
         analytic = jax.grad(objective, argnums=(0, 1))(*args)
-        flat_args, unflatten = jax.tree_util.tree_flatten(args)
+        flat_args, treedef = jax.tree_util.tree_flatten(args)
+
+        def unflatten(leaves):
+            return jax.tree_util.tree_unflatten(treedef, leaves)
         flat_analytic = jax.tree_util.tree_leaves(analytic)
         for k, (x, g) in enumerate(zip(flat_args, flat_analytic)):
             numeric = np.zeros_like(x)

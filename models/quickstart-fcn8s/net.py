@@ -4,8 +4,8 @@ Five conv blocks of 8-16-32-64-64 channels, fc6/fc7 as 128-channel convolutions,
 and the three score / upsample / crop / fuse branches of FCN-8s, for 6 classes
 (background + 5 shapes) of the synthetic VOC-layout dataset
 (``python -m netspec.data.synthetic``).  It is trained from scratch, so every
-learned layer has a filler (MSRA before a ReLU, Xavier for the score layers) and
-the upsampling Deconvolutions are bilinear-filled and fixed.  The loss is
+learned layer has a filler (MSRA before a ReLU, small Gaussian noise for the score
+layers) and the upsampling Deconvolutions are bilinear-filled and fixed.  The loss is
 normalized over valid pixels, so ordinary learning rates apply.
 
 Run ``python net.py`` (from any directory) to rewrite train.prototxt and
@@ -42,16 +42,22 @@ def max_pool(bottom, ks=2, stride=2):
 
 
 def score(bottom):
-    """A learned 1x1 classifier, Xavier-initialised (no pretrained weights to start from)."""
+    """A learned 1x1 classifier with small random weights, so the first scores are near
+    zero (FCN starts its score layers at zero; small noise does the same job)."""
     return L.Convolution(bottom, num_output=NUM_CLASSES, kernel_size=1, pad=0,
-                         weight_filler=dict(type='xavier'), bias_filler=dict(type='constant'),
-                         param=LEARNED)
+                         weight_filler=dict(type='gaussian', std=0.01),
+                         bias_filler=dict(type='constant'), param=LEARNED)
 
 
 def upsample(bottom, ks, stride):
-    """Fixed bilinear upsampling: a bias-free Deconvolution, bilinear-filled, lr_mult 0."""
+    """Fixed bilinear upsampling: a bias-free Deconvolution, bilinear-filled, lr_mult 0.
+
+    ``group: NUM_CLASSES`` makes each class upsample on its own: Caffe's bilinear filler
+    puts the kernel in every (input, output) slice, so without groups the classes mix.
+    """
     return L.Deconvolution(bottom, convolution_param=dict(num_output=NUM_CLASSES, kernel_size=ks,
                                                           stride=stride, bias_term=False,
+                                                          group=NUM_CLASSES,
                                                           weight_filler=dict(type='bilinear')),
                            param=[dict(lr_mult=0)])
 

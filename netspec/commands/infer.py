@@ -1,0 +1,62 @@
+"""``netspec infer --model deploy.prototxt --weights W IMAGE...``: palette PNG + overlay per image."""
+import os
+
+import numpy as np
+from PIL import Image
+
+from ..errors import NetspecError
+
+VOC_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+
+
+def add_arguments(p):
+    p.add_argument("images", nargs="+", help="images to segment (any size)")
+    p.add_argument("--model", required=True, help="a deploy net with an Input 'data' blob")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--mean", default=",".join(str(m) for m in VOC_MEAN_BGR),
+                   help="B,G,R mean to subtract (default: FCN's VOC mean)")
+    p.add_argument("--out", default="predictions", help="output directory")
+    p.add_argument("--input-blob", default="data")
+    p.add_argument("--score-blob", default="score")
+
+
+def preprocess(path, mean_bgr):
+    """Reference FCN preprocessing: RGB -> BGR, minus mean, HWC -> CHW, batch of one."""
+    try:
+        rgb = np.asarray(Image.open(path).convert("RGB"), np.float32)
+    except (OSError, ValueError) as e:
+        raise NetspecError(f"{path}: cannot read image ({e})") from None
+    return ((rgb[:, :, ::-1] - np.asarray(mean_bgr, np.float32)).transpose(2, 0, 1))[None], rgb
+
+
+def palette_image(label):
+    from ..data.synthetic import voc_palette
+    image = Image.fromarray(label.astype(np.uint8), "P")
+    image.putpalette(voc_palette())
+    return image
+
+
+def overlay(rgb, label, alpha=0.5):
+    colours = np.asarray(palette_image(label).convert("RGB"), np.float32)
+    return Image.fromarray(((1 - alpha) * rgb + alpha * colours).clip(0, 255).astype(np.uint8))
+
+
+def run(args):
+    from .. import Net, TEST
+    try:
+        mean = [float(x) for x in args.mean.split(",")]
+    except ValueError:
+        raise NetspecError(f"infer: --mean {args.mean}: give three numbers B,G,R") from None
+    net = Net(args.model, weights=args.weights, phase=TEST)
+    if args.input_blob not in net.inputs:
+        raise NetspecError(f'infer: {args.model} has no input blob "{args.input_blob}" (inputs: {net.inputs})')
+    os.makedirs(args.out, exist_ok=True)
+    for path in args.images:
+        x, rgb = preprocess(path, mean)
+        out = net.forward(**{args.input_blob: x}, blobs=[args.score_blob])
+        label = out[args.score_blob][0].argmax(0)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        palette_image(label).save(os.path.join(args.out, f"{stem}.png"))
+        overlay(rgb, label).save(os.path.join(args.out, f"{stem}_overlay.jpg"), quality=92)
+        print(f"{path} -> {os.path.join(args.out, stem)}.png")
+    return 0
