@@ -283,7 +283,7 @@ def _windows(xp, kernel, strides, out_hw):
 
 def _max_value(x, kernel, strides, pads):
     xp = _pad_hw(x, pads, -jnp.inf)
-    return lax.reduce_window(xp, jnp.asarray(-jnp.inf, x.dtype), lax.max,
+    return lax.reduce_window(xp, np.array(-np.inf, x.dtype), lax.max,
                              (1,) + tuple(kernel) + (1,), (1,) + tuple(strides) + (1,), "VALID")
 
 
@@ -355,7 +355,7 @@ def _ave_pool(x, kernel, strides, pads, out_hw):
     config = [(p, (o - 1) * s + k - i - p) for i, o, k, s, p in
               zip(in_hw, out_hw, kernel, strides, pads)]
     xp = _pad_hw(x, config, 0)
-    total = lax.reduce_window(xp, jnp.asarray(0, x.dtype), lax.add, (1,) + tuple(kernel) + (1,),
+    total = lax.reduce_window(xp, np.array(0, x.dtype), lax.add, (1,) + tuple(kernel) + (1,),
                               (1,) + tuple(strides) + (1,), "VALID")
     divisor = _ave_divisor(in_hw, out_hw, kernel, strides, pads)
     return total / jnp.asarray(divisor[None, :, :, None], x.dtype)
@@ -479,7 +479,7 @@ class LRN(Layer):
         square = x * x
         if self.across:
             window_sum = lax.reduce_window(
-                square, jnp.asarray(0, x.dtype), lax.add, (1, 1, 1, self.size), (1, 1, 1, 1),
+                square, np.array(0, x.dtype), lax.add, (1, 1, 1, self.size), (1, 1, 1, 1),
                 [(0, 0), (0, 0), (0, 0), (half, half)])
             scale = self.k + (self.alpha / self.size) * window_sum
         else:
