@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from netspec.errors import NetspecError
-from tests.layer_harness import make_layer, random_params, run_layer
+from tests.layer_harness import check_layer_grads, make_layer, random_params, run_layer
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -15,38 +15,6 @@ RTOL, ATOL = 1e-5, 1e-5
 
 def randn(*shape, seed=0):
     return np.random.RandomState(seed).randn(*shape).astype(np.float32)
-
-
-def check_layer_grads(layer, bottoms, params=(), eps=1e-4, rtol=1e-4, atol=1e-6, seed=1):
-    """Central finite differences (float64) of sum(w * top) against JAX's gradient.
-
-    (Same check as tests/layer_harness.check_layer_grads, whose unflatten step is broken.)
-    """
-    with jax.enable_x64(True):
-        args = ([np.asarray(b, np.float64) for b in bottoms],
-                [np.asarray(p, np.float64) for p in params])
-        shapes = [t.shape for t in run_layer(layer, *args)]
-        rs = np.random.RandomState(seed)
-        weights = [rs.randn(*s) for s in shapes]
-
-        @jax.jit
-        def objective(diff_bottoms, diff_params):
-            tops = run_layer(layer, diff_bottoms, diff_params)
-            return sum(jax.numpy.sum(w * t) for w, t in zip(weights, tops))
-
-        analytic = jax.tree_util.tree_leaves(jax.grad(objective, argnums=(0, 1))(*args))
-        leaves, treedef = jax.tree_util.tree_flatten(args)
-        for k, (x, g) in enumerate(zip(leaves, analytic)):
-            numeric = np.zeros_like(x)
-            for idx in np.ndindex(x.shape):
-                values = []
-                for step in (eps, -eps):
-                    moved = [a.copy() for a in leaves]
-                    moved[k][idx] += step
-                    values.append(float(objective(*jax.tree_util.tree_unflatten(treedef, moved))))
-                numeric[idx] = (values[0] - values[1]) / (2 * eps)
-            np.testing.assert_allclose(np.asarray(g), numeric, rtol=rtol, atol=atol,
-                                       err_msg=f"gradient of argument {k}")
 
 
 def forward(layer, bottoms, params=()):
