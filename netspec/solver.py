@@ -281,10 +281,7 @@ class Solver:
                 batches = self._next_batches() if self.iter + 1 < stop_iter else None  # overlaps the device step
                 loss = float(loss)
                 if not math.isfinite(loss):
-                    self._sync_to_net(params, state)
-                    where = f"the last snapshot is {self._last_snapshot}" if self._last_snapshot else "no snapshot was written"
-                    raise NetspecError(f"{self.path}: iteration {self.iter}: loss = {loss}; training stopped ({where}). "
-                                       "Lower base_lr or check the data")
+                    self._diverged(f"loss = {loss}", params, state)
                 self._losses.append(loss)
                 smoothed = sum(self._losses) / len(self._losses)
                 if p.display and self.iter % p.display == 0:
@@ -298,10 +295,9 @@ class Solver:
                 self.iter += 1
                 self.smoothed_loss = smoothed
                 request, self._requested = self._requested, None
-                if p.snapshot and self.iter % p.snapshot == 0:
-                    self._sync_to_net(params, state)
-                    self.snapshot()
-                if request == "snapshot":
+                if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
+                    if not bool(_all_finite(params)):     # never let a diverged update replace a good snapshot
+                        self._diverged("the weights are not finite", params, state)
                     self._sync_to_net(params, state)
                     self.snapshot()
                 elif request == "stop":
@@ -335,6 +331,12 @@ class Solver:
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         self.log("Optimization Done.")
+
+    def _diverged(self, what, params, state):
+        self._sync_to_net(params, state)
+        where = f"the last snapshot is {self._last_snapshot}" if self._last_snapshot else "no snapshot was written"
+        raise NetspecError(f"{self.path}: iteration {self.iter}: {what}; training stopped ({where}). "
+                           "Lower base_lr or check the data")
 
     def _sync_to_net(self, params, state):
         self.net.set_param_tree(jax.device_get(params), jax.device_get(state))
@@ -463,6 +465,11 @@ class Solver:
     def _restore_signal_handlers(self):
         for sig, previous in getattr(self, "_previous_handlers", {}).items():
             signal.signal(sig, previous)
+
+
+@jax.jit
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [jnp.array(True)]))
 
 
 def get_solver(path, **kwargs):
