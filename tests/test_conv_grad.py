@@ -48,8 +48,15 @@ def _naive_weight_grad(x, g, kernel, stride, pad, dilation):
     return dw
 
 
+PATHS = {"dispatch": lambda x, w, s, p, d: conv_grad.conv_general_dilated(
+             x, w, s, p, rhs_dilation=d, dimension_numbers=NHWC_HWIO),
+         "nhwc": conv_grad.conv2d_nhwc,
+         "im2col": conv_grad.conv2d_im2col}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("case", CASES)
-def test_matches_lax_forward_and_gradients(case):
+def test_matches_lax_forward_and_gradients(case, path):
     n, h, w_, c, o, kernel, stride, pad, dilation = case
     rs = np.random.RandomState(sum(case[:5]))
     x = _random((n, h, w_, c), rs)
@@ -60,8 +67,7 @@ def test_matches_lax_forward_and_gradients(case):
     def loss(conv):
         return lambda x, w: jnp.sum(conv(x, w) * g)
 
-    ours = jax.jit(lambda x, w: conv_grad.conv_general_dilated(
-        x, w, stride, pad, rhs_dilation=dilation, dimension_numbers=NHWC_HWIO))
+    ours = jax.jit(lambda x, w: PATHS[path](x, w, stride, pad, dilation))
     theirs = lambda x, w: _reference(x, w, stride, pad, dilation)
     np.testing.assert_allclose(ours(x, w), y_ref, rtol=1e-5, atol=1e-5)
     dx, dw = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, w)
@@ -70,6 +76,15 @@ def test_matches_lax_forward_and_gradients(case):
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(dw, _naive_weight_grad(x, g, kernel, stride, pad, dilation),
                                rtol=1e-5, atol=1e-4)
+
+
+def test_dispatch_picks_im2col_for_small_outputs_and_1x1():
+    x = jnp.zeros((1, 22, 22, 8))
+    fits = conv_grad._patches_fit_kernel
+    assert fits(x, jnp.zeros((7, 7, 8, 256)), (1, 1), ((0, 0), (0, 0)), (1, 1))  # 16*16 <= 256
+    assert not fits(x, jnp.zeros((7, 7, 8, 255)), (1, 1), ((0, 0), (0, 0)), (1, 1))
+    assert fits(x, jnp.zeros((1, 1, 8, 2)), (1, 1), ((0, 0), (0, 0)), (1, 1))
+    assert not fits(x, jnp.zeros((3, 3, 8, 64)), (1, 1), ((1, 1), (1, 1)), (1, 1))
 
 
 def test_weight_grad_gemm_directly():

@@ -8,6 +8,12 @@ are the products the CPU matmul kernels run near peak.  The forward pass and the
 data gradient stay XLA's own convolutions.  On other platforms (GPU) the weight
 gradient is XLA's too (``lax.platform_dependent``).
 
+Convolutions whose patch matrix is no bigger than their kernel (1x1 convolutions,
+FCN's fc6 7x7x512x4096 on a 22x22 map) run as one im2col GEMM instead, forward and
+backward: XLA's CPU convolution is slow there, and the GEMM reads the kernel in
+Caffe's (O, C, KH, KW) order, so the (KH, KW, C, O) transpose the caller made is
+undone (XLA cancels the two transposes) rather than paid for on every call.
+
 Layout: activations (N, H, W, C), kernels (KH, KW, C, O), one group.  Anything else
 goes through ``conv_general_dilated`` unchanged to ``lax.conv_general_dilated``.
 """
@@ -36,6 +42,12 @@ def _conv_fwd(x, kernel, strides, padding, dilation):
     return _xla_conv(x, kernel, strides, padding, dilation), (x, kernel)
 
 
+def _pad_hw(x, padding):
+    config = [(0, 0, 0), (padding[0][0], padding[0][1], 0), (padding[1][0], padding[1][1], 0),
+              (0, 0, 0)]
+    return lax.pad(x, lax.full((), 0, x.dtype), config)
+
+
 def _shifted_view(xp, i, j, strides, dilation, out_hw):
     """xp[:, i*dh + sh*oh, j*dw + sw*ow, :] for all output positions (oh, ow)."""
     n, _, _, c = xp.shape
@@ -48,9 +60,7 @@ def weight_grad_gemm(x, g, kernel_hw, strides, padding, dilation):
     """d(loss)/d(kernel) as kernel-row GEMMs; x (N, H, W, C), g (N, OH, OW, O)."""
     kh, kw = kernel_hw
     c, o = x.shape[-1], g.shape[-1]
-    config = [(0, 0, 0), (padding[0][0], padding[0][1], 0), (padding[1][0], padding[1][1], 0),
-              (0, 0, 0)]
-    xp = lax.pad(x, lax.full((), 0, x.dtype), config)
+    xp = _pad_hw(x, padding)
     out_hw = g.shape[1:3]
     dy = g.reshape(-1, o)
     rows = []
@@ -87,14 +97,43 @@ def _conv_bwd(strides, padding, dilation, residuals, g):
 conv2d_nhwc.defvjp(_conv_fwd, _conv_bwd)
 
 
+def conv2d_im2col(x, kernel, strides, padding, dilation):
+    """The same convolution as one GEMM of (N*OH*OW, C*KH*KW) patches with the kernel
+    viewed as (O, C*KH*KW); differentiated by JAX (GEMMs and pads)."""
+    kh, kw, c, o = kernel.shape
+    xp = _pad_hw(x, padding)
+    out_hw = tuple((xp.shape[1 + a] - dilation[a] * (kernel.shape[a] - 1) - 1) // strides[a] + 1
+                   for a in range(2))
+    views = [_shifted_view(xp, i, j, strides, dilation, out_hw) for i in range(kh) for j in range(kw)]
+    if len(views) == 1:
+        patches = views[0].reshape(-1, c)
+    else:
+        patches = jax.numpy.stack(views, axis=-1).reshape(-1, c * kh * kw)  # (C, KH, KW) order
+    weight = jax.numpy.transpose(kernel, (3, 2, 0, 1)).reshape(o, c * kh * kw)
+    y = lax.dot_general(patches, weight, (((1,), (1,)), ((), ())),
+                        precision=lax.Precision.HIGHEST)
+    return y.reshape((x.shape[0],) + out_hw + (o,))
+
+
+def _patches_fit_kernel(x, kernel, strides, padding, dilation):
+    """True for 1x1 kernels and when the im2col patch matrix (N*OH*OW, KH*KW*C) has no
+    more elements than the kernel (KH*KW*C, O)."""
+    kh, kw, _, o = kernel.shape
+    out = [(x.shape[1 + a] + sum(padding[a]) - dilation[a] * (kernel.shape[a] - 1) - 1)
+           // strides[a] + 1 for a in range(2)]
+    return kh * kw == 1 or x.shape[0] * out[0] * out[1] <= o
+
+
 def _pairs(padding):
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, **kwargs):
-    """``lax.conv_general_dilated`` with the GEMM weight gradient where it applies:
-    2-D, NHWC activations, HWIO kernel, one group, explicit padding, no lhs dilation."""
+    """``lax.conv_general_dilated`` computed with GEMMs where it applies: 2-D, NHWC
+    activations, HWIO kernel, one group, explicit padding, no lhs dilation.  Small
+    outputs: im2col GEMM (``conv2d_im2col``); others: XLA's convolution with the GEMM
+    weight gradient (``conv2d_nhwc``)."""
     dilation = tuple(rhs_dilation) if rhs_dilation is not None else (1, 1)
     applies = (lhs.ndim == 4 and dimension_numbers == NHWC_HWIO and feature_group_count == 1
                and lhs_dilation in (None, (1, 1), [1, 1]) and not isinstance(padding, str)
@@ -104,4 +143,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                                         dimension_numbers=dimension_numbers,
                                         feature_group_count=feature_group_count, **kwargs)
-    return conv2d_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), _pairs(padding), dilation)
+    strides, padding = tuple(int(s) for s in window_strides), _pairs(padding)
+    if _patches_fit_kernel(lhs, rhs, strides, padding, dilation):
+        return conv2d_im2col(lhs, rhs, strides, padding, dilation)
+    return conv2d_nhwc(lhs, rhs, strides, padding, dilation)

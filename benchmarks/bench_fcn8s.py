@@ -1,0 +1,335 @@
+"""FCN-8s forward and forward+backward: netspec (jitted) vs PyTorch eager.
+
+Measures on this machine, at 1x3xSxS (default 500):
+  * compile: seconds to lower and compile the jitted function (first call's extra cost),
+  * forward: TEST-phase net to the ``score`` blob, median of --runs calls,
+  * forward+backward: TRAIN-phase net with SoftmaxWithLoss (ignore_label 255,
+    normalize: false) and the gradient of every learned blob (lr_mult != 0),
+for netspec in each --dtype (bf16 computes in bfloat16 from float32 master weights)
+and PyTorch eager (float32) when torch is importable.  netspec's convolutions run
+either as the layer library has them ("net") or with the GEMM weight gradient of
+netspec.layers.conv_grad patched in ("gemm"); see --conv-grad.
+
+  python benchmarks/bench_fcn8s.py                          # CPU, fp32, 3 runs
+  python benchmarks/bench_fcn8s.py --device gpu --dtype fp32,bf16 --runs 20 --json gpu.json
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
+
+from netspec import compiler  # noqa: E402
+from netspec.layers import conv_grad, vision  # noqa: E402
+from netspec.layers.base import TEST, TRAIN  # noqa: E402
+from netspec.net import Net  # noqa: E402
+from netspec.proto import caffe_pb2  # noqa: E402
+
+DEPLOY = os.path.join(ROOT, "models", "voc-fcn8s", "deploy.prototxt")
+DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+# ---------------------------------------------------------------------------
+# nets and data
+# ---------------------------------------------------------------------------
+
+def write_nets(size, workdir):
+    """deploy (TEST) and train (TRAIN: + label input + loss) prototxts at size x size."""
+    net = caffe_pb2.NetParameter()
+    with open(DEPLOY) as f:
+        text_format.Merge(f.read(), net)
+    net.layer[0].input_param.shape[0].dim[:] = [1, 3, size, size]
+    deploy = os.path.join(workdir, "deploy.prototxt")
+    with open(deploy, "w") as f:
+        f.write(text_format.MessageToString(net))
+    label = net.layer.add()
+    label.CopyFrom(net.layer[0])
+    label.name, label.top[:] = "label", ["label"]
+    label.input_param.shape[0].dim[:] = [1, 1, size, size]
+    net.layer.insert(1, label)
+    del net.layer[-1]
+    loss = net.layer.add()
+    loss.name, loss.type = "loss", "SoftmaxWithLoss"
+    loss.bottom[:], loss.top[:] = ["score", "label"], ["loss"]
+    loss.loss_param.ignore_label = 255
+    loss.loss_param.normalize = False
+    train = os.path.join(workdir, "train.prototxt")
+    with open(train, "w") as f:
+        f.write(text_format.MessageToString(net))
+    return deploy, train
+
+
+def random_params(graph, seed=0):
+    """He-scaled normal weights, small biases (the deploy net has no fillers)."""
+    rs = np.random.RandomState(seed)
+    params = {}
+    for layer, shapes in graph.param_shapes.items():
+        blobs = []
+        for shape in shapes:
+            if len(shape) > 1:
+                fan_in = int(np.prod(shape[1:]))
+                blobs.append((rs.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32))
+            else:
+                blobs.append((rs.standard_normal(shape) * 0.01).astype(np.float32))
+        params[layer] = blobs
+    return params
+
+
+def make_inputs(size, seed=1):
+    rs = np.random.RandomState(seed)
+    data = (rs.standard_normal((1, 3, size, size)) * 50).astype(np.float32)
+    label = rs.randint(0, 21, (1, 1, size, size)).astype(np.float32)
+    label[rs.random_sample(label.shape) < 0.1] = 255
+    return data, label
+
+
+# ---------------------------------------------------------------------------
+# timing helpers
+# ---------------------------------------------------------------------------
+
+def _block(tree):
+    return jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
+
+
+def time_jitted(fn, args, runs):
+    """(compile seconds, first-call seconds, median steady seconds) of a jitted fn."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    _block(compiled(*args))
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        _block(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return compile_s, first_s, statistics.median(times), compiled
+
+
+def time_eager(fn, runs):
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------
+# netspec
+# ---------------------------------------------------------------------------
+
+class _LaxWithGemmConv:
+    """``lax`` as vision.py sees it, but with conv_grad's convolution (benchmark only)."""
+    conv_general_dilated = staticmethod(conv_grad.conv_general_dilated)
+
+    def __getattr__(self, name):
+        return getattr(jax.lax, name)
+
+
+def use_conv_variant(variant):
+    vision.lax = _LaxWithGemmConv() if variant == "gemm" else jax.lax
+
+
+def netspec_forward_fn(graph, dtype):
+    def run(params, inputs):
+        cast = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+        inputs = {k: v.astype(dtype) for k, v in inputs.items()}
+        blobs, _, _ = compiler.forward(graph, cast, {}, inputs, train=False, keep=("score",))
+        return blobs["score"]
+    return jax.jit(run)
+
+
+def split_learned(graph, params):
+    """({(layer, i): learned blob}, {(layer, i): fixed blob}) by lr_mult."""
+    mults = graph.lr_mults
+    learned, fixed = {}, {}
+    for layer, blobs in params.items():
+        for i, blob in enumerate(blobs):
+            (learned if mults.get((layer, i), 1) != 0 else fixed)[(layer, i)] = blob
+    return learned, fixed
+
+
+def netspec_grad_fn(graph, dtype):
+    def objective(learned, fixed, inputs, rng):
+        merged = {**learned, **fixed}
+        params = {}
+        for (layer, i) in sorted(merged, key=lambda k: k[1]):
+            params.setdefault(layer, []).append(merged[(layer, i)].astype(dtype))
+        data = {"data": inputs["data"].astype(dtype), "label": inputs["label"]}
+        _, loss, _ = compiler.forward(graph, params, {}, data, train=True, rng=rng, keep=())
+        return loss
+
+    return jax.jit(jax.value_and_grad(objective))
+
+
+def bench_netspec(deploy, train, size, dtype_name, variant, runs, device):
+    use_conv_variant(variant)
+    dtype = DTYPES[dtype_name]
+    test_graph = Net(deploy, phase=TEST).graph
+    train_graph = Net(train, phase=TRAIN).graph
+    params = random_params(test_graph)
+    data, label = make_inputs(size)
+    put = lambda tree: jax.device_put(tree, device)
+    row = {"impl": "netspec", "dtype": dtype_name, "conv_grad": variant}
+
+    fwd = netspec_forward_fn(test_graph, dtype)
+    args = (put(params), put({"data": data}))
+    row["compile_fwd_s"], row["first_fwd_s"], row["fwd_s"], compiled = time_jitted(fwd, args, runs)
+    score = np.asarray(compiled(*args), np.float32)
+
+    learned, fixed = split_learned(train_graph, params)
+    grad = netspec_grad_fn(train_graph, dtype)
+    args = (put(learned), put(fixed), put({"data": data, "label": label}),
+            jax.random.PRNGKey(0))
+    row["compile_fwdbwd_s"], row["first_fwdbwd_s"], row["fwdbwd_s"], _ = time_jitted(
+        grad, args, runs)
+    use_conv_variant("net")
+    return row, params, score
+
+
+# ---------------------------------------------------------------------------
+# PyTorch eager
+# ---------------------------------------------------------------------------
+
+def bench_torch(params, size, runs, on_gpu):
+    import torch
+    import torch_fcn8s
+    device = "cuda" if on_gpu else "cpu"
+    p = torch_fcn8s.params_from_tree(params)
+    p = {k: [t.detach().to(device).requires_grad_(t.requires_grad) for t in v]
+         for k, v in p.items()}
+    data, label = make_inputs(size)
+    x, y = torch.tensor(data, device=device), torch.tensor(label[:, 0], device=device)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+
+    def forward():
+        with torch.no_grad():
+            out = torch_fcn8s.forward(p, x)
+        sync()
+        return out
+
+    learned = [t for v in p.values() for t in v if t.requires_grad]
+
+    def forward_backward():
+        loss = torch_fcn8s.loss(p, x, y)
+        grads = torch.autograd.grad(loss, learned)
+        sync()
+        return grads
+
+    row = {"impl": "pytorch-eager", "dtype": "fp32", "conv_grad": "-",
+           "threads": torch.get_num_threads(), "version": torch.__version__}
+    row["fwd_s"] = time_eager(forward, runs)
+    row["fwdbwd_s"] = time_eager(forward_backward, runs)
+    return row, forward().cpu().numpy()
+
+
+def torch_available(on_gpu):
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available() if on_gpu else True
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+def machine_info(device):
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "jax": jax.__version__,
+            "jax_device": str(device), "python": platform.python_version()}
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_table(rows):
+    keys = ["compile_fwd_s", "compile_fwdbwd_s", "fwd_s", "fwdbwd_s"]
+    print(f"{'impl':<14}{'dtype':<6}{'conv':<6}" + "".join(f"{k:>18}" for k in keys))
+    for r in rows:
+        print(f"{r['impl']:<14}{r['dtype']:<6}{r['conv_grad']:<6}"
+              + "".join(f"{_fmt(r.get(k)):>18}" for k in keys))
+    peer = next((r for r in rows if r["impl"] == "pytorch-eager"), None)
+    if peer:
+        for r in rows:
+            if r is not peer:
+                print(f"netspec {r['dtype']}/{r['conv_grad']} vs PyTorch eager: forward "
+                      f"{peer['fwd_s'] / r['fwd_s']:.2f}x, forward+backward "
+                      f"{peer['fwdbwd_s'] / r['fwdbwd_s']:.2f}x (>1: netspec faster)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--dtype", default="fp32", help="comma list of fp32, bf16")
+    ap.add_argument("--runs", type=int, default=3, help="timed calls per measurement (median)")
+    ap.add_argument("--size", type=int, default=500, help="input height and width")
+    ap.add_argument("--conv-grad", default=None,
+                    help="comma list of net (the layer library as is), gemm (conv_grad's GEMM "
+                         "weight gradient); default: net,gemm on CPU, net on GPU")
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    device = jax.devices(args.device)[0]
+    on_gpu = args.device == "gpu"
+    variants = (args.conv_grad or ("net" if on_gpu else "net,gemm")).split(",")
+    dtypes = args.dtype.split(",")
+    for name in dtypes:
+        if name not in DTYPES:
+            ap.error(f"--dtype {name}: use fp32 or bf16")
+
+    info = machine_info(device)
+    print(json.dumps(info))
+    rows, check = [], {}
+    with tempfile.TemporaryDirectory() as workdir:
+        deploy, train = write_nets(args.size, workdir)
+        for dtype_name in dtypes:
+            for variant in variants:
+                row, params, score = bench_netspec(deploy, train, args.size, dtype_name, variant,
+                                                   args.runs, device)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if dtype_name == "fp32":
+                    check["netspec"] = score
+    if not args.no_torch and torch_available(on_gpu):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        row, torch_score = bench_torch(params, args.size, args.runs, on_gpu)
+        if "netspec" in check:
+            diff = np.abs(check["netspec"] - torch_score)
+            row["score_max_abs_diff"] = float(diff.max())
+            row["score_max_abs"] = float(np.abs(torch_score).max())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "size": args.size, "runs": args.runs, "rows": rows}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main()
