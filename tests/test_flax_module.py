@@ -64,8 +64,9 @@ def test_module_matches_net_forward_and_keys_are_layer_names(tmp_path):
     assert float(variables["batch_stats"]["bn1"][2][0]) == pytest.approx(1.0)
 
 
-def test_fillers_match_net_with_the_same_seed():
-    module = CaffeModule(backbone_param(), outputs="fc1", seed=5)
+def test_fillers_match_net_with_the_same_seed(tmp_path):
+    (tmp_path / "backbone.prototxt").write_text(BACKBONE)
+    module = CaffeModule(str(tmp_path / "backbone.prototxt"), outputs="fc1", seed=5)
     variables = module.init(jax.random.PRNGKey(0), X)
     net = caffe.Net(backbone_param(), caffe.TEST, seed=5)
     for layer in ("conv1", "fc1"):

@@ -232,3 +232,12 @@ def test_batchnorm_statistics_update_in_train_forward():
     mean, var = mean_sum / factor, var_sum / factor
     expected = (x - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + eps)
     np.testing.assert_allclose(test.forward(data=x)["out"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_backward_uses_the_forward_mask():
+    x = np.random.RandomState(12).rand(4, 50).astype(np.float32) + 0.5
+    net = caffe.Net(parse_net("force_backward: true\n" + DROPOUT_NET), caffe.TRAIN)
+    out = net.forward(data=x)["out"].copy()
+    seed = np.random.RandomState(13).randn(4, 50).astype(np.float32)
+    net.backward(out=seed)
+    np.testing.assert_allclose(net.blobs["data"].diff, np.where(out != 0, 2 * seed, 0), rtol=1e-6)
