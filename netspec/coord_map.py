@@ -43,7 +43,7 @@ def _per_axis(values, default, count):
 
 
 def window_geometry(fn):
-    """(axis, stride, effective kernel, pad) tuples of a Convolution/Deconvolution/Pooling/Im2col."""
+    """(axis, stride, effective kernel, pad) of a Convolution, Deconvolution, Pooling or Im2col."""
     layer = fn.settings
     if fn.type_name == 'Pooling':
         p = layer.pooling_param

@@ -349,7 +349,8 @@ class _MissingTop(NetspecError, AttributeError):
 
 
 class Layers:
-    """``L.<Type>(*bottoms, **settings)``: a Top, a tuple of Tops (ntop > 1) or, for ntop=0, the layer."""
+    """``L.<Type>(*bottoms, **settings)``: a Top, a tuple of Tops (ntop > 1),
+    or the layer itself (ntop=0)."""
 
     def __getattr__(self, type_name):
         if type_name.startswith('__'):

@@ -95,7 +95,8 @@ def stride_of(model_dir):
 def test_vgg_fcn_layers_follow_the_reference(model_dir):
     for filename, net in checked_in_nets(model_dir).items():
         layers = {l.name: l for l in net.layer}
-        first_convs = [l for l in net.layer if l.type == 'Convolution' and l.name.startswith('conv1_1')]
+        first_convs = [l for l in net.layer
+                       if l.type == 'Convolution' and l.name.startswith('conv1_1')]
         assert first_convs and all(list(l.convolution_param.pad) == [100] for l in first_convs)
         fc6 = [l for l in net.layer if l.name.startswith('fc6')]
         assert fc6 and all(list(l.convolution_param.kernel_size) == [7] for l in fc6)

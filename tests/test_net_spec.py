@@ -22,7 +22,8 @@ def test_convolution_keywords_go_to_convolution_param_and_generic_fields_to_the_
     n.data = input_top()
     n.conv = L.Convolution(n.data, kernel_size=3, num_output=64, pad=1,
                            param=[dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)],
-                           weight_filler=dict(type='xavier'), bias_filler=dict(type='constant', value=0.5))
+                           weight_filler=dict(type='xavier'),
+                           bias_filler=dict(type='constant', value=0.5))
     conv = layer_named(n.to_proto(), 'conv')
     assert conv.type == 'Convolution'
     assert list(conv.bottom) == ['data'] and list(conv.top) == ['conv']
@@ -35,7 +36,8 @@ def test_convolution_keywords_go_to_convolution_param_and_generic_fields_to_the_
 
 def test_deconvolution_keywords_and_explicit_convolution_param():
     data = input_top()
-    implicit = to_proto(L.Deconvolution(data, num_output=4, kernel_size=4, stride=2, bias_term=False))
+    implicit = to_proto(L.Deconvolution(data, num_output=4, kernel_size=4, stride=2,
+                                        bias_term=False))
     explicit = to_proto(L.Deconvolution(data, convolution_param=dict(
         num_output=4, kernel_size=4, stride=2, bias_term=False), param=[dict(lr_mult=0)]))
     for net in (implicit, explicit):
@@ -69,7 +71,8 @@ def test_python_layer_param_and_ntop():
     layer = n.to_proto().layer[0]
     assert layer.name == 'color'
     assert list(layer.top) == ['color', 'hha', 'label']
-    assert (layer.python_param.module, layer.python_param.layer) == ('nyud_layers', 'NYUDSegDataLayer')
+    python_param = layer.python_param
+    assert (python_param.module, python_param.layer) == ('nyud_layers', 'NYUDSegDataLayer')
     assert layer.python_param.param_str == "{'split': 'test'}"
 
 
@@ -162,7 +165,8 @@ def fcn32s(num_classes=21):
     n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
     n.score_fr = L.Convolution(n.drop7, num_output=num_classes, kernel_size=1, pad=0, param=learned)
     n.upscore = L.Deconvolution(n.score_fr, convolution_param=dict(
-        num_output=num_classes, kernel_size=64, stride=32, bias_term=False), param=[dict(lr_mult=0)])
+        num_output=num_classes, kernel_size=64, stride=32, bias_term=False),
+        param=[dict(lr_mult=0)])
     n.score = L.Crop(n.upscore, n.data, crop_param=dict(axis=2, offset=19))
     n.loss = L.SoftmaxWithLoss(n.score, n.label, loss_param=dict(normalize=False, ignore_label=255))
     return n.to_proto()
