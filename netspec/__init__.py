@@ -13,9 +13,12 @@ from .python_layer import Layer
 
 __version__ = "0.1.0"
 
+# pycaffe's ``caffe.layers``/``caffe.params`` are the NetSpec DSL, so ``netspec.layers``
+# is too; the layer implementations stay importable as the module ``netspec.layers``
+# (``from netspec.layers import register``), which Python resolves through sys.modules.
+from .net_spec import NetSpec, layers, params, to_proto  # noqa: E402,F401
+
 _LAZY = {
-    "layers": "netspec.net_spec", "params": "netspec.net_spec", "NetSpec": "netspec.net_spec",
-    "to_proto": "netspec.net_spec",
     "get_solver": "netspec.solver", "SGDSolver": "netspec.solver", "NesterovSolver": "netspec.solver",
     "AdaGradSolver": "netspec.solver", "RMSPropSolver": "netspec.solver",
     "AdaDeltaSolver": "netspec.solver", "AdamSolver": "netspec.solver",

@@ -60,7 +60,8 @@ class _Blobs:
         return self.values[name][1]
 
 
-def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None, keep=None):
+def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None, keep=None,
+            precision="highest"):
     """Run the net.  Returns ``(blobs, loss, new_state)``.
 
     ``inputs``: ``{blob: array}`` for ``graph.inputs`` (Caffe axis order).
@@ -68,8 +69,15 @@ def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None,
     ``rng``: a PRNG key for stochastic layers.  ``probes``: ``{blob: zeros}`` added
     to a blob where it is first produced, so that the gradient with respect to a probe
     is Caffe's blob ``diff``.  ``keep``: names of blobs to return (default all).
-    ``loss`` is ``sum(loss_weight * top)`` over every weighted top.
+    ``loss`` is ``sum(loss_weight * top)`` over every weighted top.  ``precision``:
+    matmul/convolution precision inside the pass; "highest" (full float32, as Caffe
+    computes; GPUs would otherwise use TF32) unless a caller trades accuracy for speed.
     """
+    with jax.default_matmul_precision(precision):
+        return _forward(graph, params, state, inputs, train, rng, probes, keep)
+
+
+def _forward(graph, params, state, inputs, train, rng, probes, keep):
     probes = probes or {}
     blobs = _Blobs()
     loss = jnp.zeros((), jnp.float32)
