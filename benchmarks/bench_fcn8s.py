@@ -288,7 +288,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=500, help="input height and width")
     ap.add_argument("--conv-grad", default=None,
                     help="comma list of net (the layer library as is), gemm (conv_grad's GEMM "
-                         "weight gradient); default: net,gemm on CPU, net on GPU")
+                         "weight gradient); default: net,gemm")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
@@ -296,7 +296,7 @@ def main(argv=None):
     jax.config.update("jax_default_matmul_precision", "highest")
     device = jax.devices(args.device)[0]
     on_gpu = args.device == "gpu"
-    variants = (args.conv_grad or ("net" if on_gpu else "net,gemm")).split(",")
+    variants = (args.conv_grad or "net,gemm").split(",")
     dtypes = args.dtype.split(",")
     for name in dtypes:
         if name not in DTYPES:
