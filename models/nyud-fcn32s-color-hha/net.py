@@ -8,74 +8,16 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = os.path.dirname(HERE)
 try:
     import netspec.net_spec  # noqa: F401
 except ImportError:  # running from a source checkout: its root is two levels up
-    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    sys.path.insert(0, os.path.dirname(MODELS))
+if MODELS not in sys.path:  # for fcn_layers, the helpers the models share
+    sys.path.insert(0, MODELS)
+from fcn_layers import score, softmax_loss, upsample, vgg16_fc7, write_splits  # noqa: E402
 from netspec.coord_map import crop  # noqa: E402
-from netspec.net_spec import NetSpec, layers as L, params as P, prototxt_text  # noqa: E402
-
-LEARNED = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
-
-
-def conv_relu(bottom, nout, ks=3, stride=1, pad=1):
-    """A learned convolution (weights: lr 1, decay 1; biases: lr 2, decay 0) and its ReLU."""
-    conv = L.Convolution(bottom, kernel_size=ks, stride=stride, num_output=nout, pad=pad,
-                         param=LEARNED)
-    return conv, L.ReLU(conv, in_place=True)
-
-
-def max_pool(bottom, ks=2, stride=2):
-    return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=ks, stride=stride)
-
-
-def score(bottom, nout):
-    """A learned 1x1 classifier (no filler: zeros, or weights from a trained net)."""
-    return L.Convolution(bottom, num_output=nout, kernel_size=1, pad=0, param=LEARNED)
-
-
-def upsample(bottom, nout, ks, stride):
-    """Fixed upsampling: a bias-free Deconvolution with lr_mult 0 (bilinear weights set
-    by surgery before training)."""
-    return L.Deconvolution(bottom, convolution_param=dict(num_output=nout, kernel_size=ks,
-                                                          stride=stride, bias_term=False),
-                           param=[dict(lr_mult=0)])
-
-
-def modality_fc7(n, bottom, modality):
-    """One VGG16 stream up to fc7, every name suffixed by the modality (conv1_1color, ...);
-    returns its drop7."""
-    def name(base):
-        return base + modality
-
-    n[name('conv1_1')], n[name('relu1_1')] = conv_relu(bottom, 64, pad=100)
-    n[name('conv1_2')], n[name('relu1_2')] = conv_relu(n[name('relu1_1')], 64)
-    n[name('pool1')] = max_pool(n[name('relu1_2')])
-
-    n[name('conv2_1')], n[name('relu2_1')] = conv_relu(n[name('pool1')], 128)
-    n[name('conv2_2')], n[name('relu2_2')] = conv_relu(n[name('relu2_1')], 128)
-    n[name('pool2')] = max_pool(n[name('relu2_2')])
-
-    n[name('conv3_1')], n[name('relu3_1')] = conv_relu(n[name('pool2')], 256)
-    n[name('conv3_2')], n[name('relu3_2')] = conv_relu(n[name('relu3_1')], 256)
-    n[name('conv3_3')], n[name('relu3_3')] = conv_relu(n[name('relu3_2')], 256)
-    n[name('pool3')] = max_pool(n[name('relu3_3')])
-
-    n[name('conv4_1')], n[name('relu4_1')] = conv_relu(n[name('pool3')], 512)
-    n[name('conv4_2')], n[name('relu4_2')] = conv_relu(n[name('relu4_1')], 512)
-    n[name('conv4_3')], n[name('relu4_3')] = conv_relu(n[name('relu4_2')], 512)
-    n[name('pool4')] = max_pool(n[name('relu4_3')])
-
-    n[name('conv5_1')], n[name('relu5_1')] = conv_relu(n[name('pool4')], 512)
-    n[name('conv5_2')], n[name('relu5_2')] = conv_relu(n[name('relu5_1')], 512)
-    n[name('conv5_3')], n[name('relu5_3')] = conv_relu(n[name('relu5_2')], 512)
-    n[name('pool5')] = max_pool(n[name('relu5_3')])
-
-    n[name('fc6')], n[name('relu6')] = conv_relu(n[name('pool5')], 4096, ks=7, pad=0)
-    n[name('drop6')] = L.Dropout(n[name('relu6')], dropout_ratio=0.5, in_place=True)
-    n[name('fc7')], n[name('relu7')] = conv_relu(n[name('drop6')], 4096, ks=1, pad=0)
-    n[name('drop7')] = L.Dropout(n[name('relu7')], dropout_ratio=0.5, in_place=True)
-    return n[name('drop7')]
+from netspec.net_spec import NetSpec, layers as L, params as P  # noqa: E402
 
 
 def fcn(split):
@@ -85,15 +27,15 @@ def fcn(split):
                    param_str=str(dict(nyud_dir='../../data/nyud', split=split,
                                       tops=['color', 'hha', 'label'], seed=1337)))
 
-    n.score_frcolor = score(modality_fc7(n, n.color, 'color'), 40)
-    n.score_frhha = score(modality_fc7(n, n.hha, 'hha'), 40)
+    # one VGG16 stream per modality, every name suffixed by it (conv1_1color, ...)
+    n.score_frcolor = score(vgg16_fc7(n, n.color, suffix='color'), 40)
+    n.score_frhha = score(vgg16_fc7(n, n.hha, suffix='hha'), 40)
     # late fusion: the average of the two streams' scores
     n.score_fused = L.Eltwise(n.score_frcolor, n.score_frhha, operation=P.Eltwise.SUM,
                               coeff=[0.5, 0.5])
     n.upscore = upsample(n.score_fused, 40, ks=64, stride=32)
     n.score = crop(n.upscore, n.color)
-    n.loss = L.SoftmaxWithLoss(n.score, n.label,
-                               loss_param=dict(normalize=False, ignore_label=255))
+    n.loss = softmax_loss(n.score, n.label)
     return n.to_proto()
 
 
@@ -105,9 +47,7 @@ SPLITS = {
 
 def write_prototxts(directory=HERE):
     """Write one prototxt per entry of SPLITS into ``directory``."""
-    for filename, split in SPLITS.items():
-        with open(os.path.join(directory, filename), 'w') as f:
-            f.write(prototxt_text(fcn(split)))
+    write_splits(fcn, SPLITS, directory)
 
 
 if __name__ == '__main__':

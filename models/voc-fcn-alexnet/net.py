@@ -7,22 +7,23 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = os.path.dirname(HERE)
 try:
     import netspec.net_spec  # noqa: F401
 except ImportError:  # running from a source checkout: its root is two levels up
-    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    sys.path.insert(0, os.path.dirname(MODELS))
+if MODELS not in sys.path:  # for fcn_layers, the helpers the models share
+    sys.path.insert(0, MODELS)
+from fcn_layers import max_pool, score, softmax_loss, upsample, write_splits  # noqa: E402
 from netspec.coord_map import crop  # noqa: E402
-from netspec.net_spec import NetSpec, layers as L, params as P, prototxt_text  # noqa: E402
+from netspec.net_spec import NetSpec, layers as L  # noqa: E402
+
 
 def conv_relu(bottom, ks, nout, stride=1, pad=0, group=1):
     """A convolution (default learning rates, as the reference) and its in-place ReLU."""
     conv = L.Convolution(bottom, kernel_size=ks, stride=stride, num_output=nout, pad=pad,
                          group=group)
     return conv, L.ReLU(conv, in_place=True)
-
-
-def max_pool(bottom, ks, stride=1):
-    return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=ks, stride=stride)
 
 
 VOC_MEAN = (104.00699, 116.66877, 122.67892)
@@ -65,17 +66,11 @@ def fcn(split):
     n.fc7, n.relu7 = conv_relu(n.drop6, 1, 4096)
     n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
 
-    n.score_fr = L.Convolution(n.drop7, num_output=21, kernel_size=1, pad=0,
-                               param=[dict(lr_mult=1, decay_mult=1),
-                                      dict(lr_mult=2, decay_mult=0)])
-    n.upscore = L.Deconvolution(n.score_fr,
-                                convolution_param=dict(num_output=21, kernel_size=63, stride=32,
-                                                       bias_term=False),
-                                param=[dict(lr_mult=0)])
+    n.score_fr = score(n.drop7, 21)
+    n.upscore = upsample(n.score_fr, 21, ks=63, stride=32)
     n.score = crop(n.upscore, n.data)
     # normalized loss (per valid pixel), unlike the VGG FCNs
-    n.loss = L.SoftmaxWithLoss(n.score, n.label,
-                               loss_param=dict(normalize=True, ignore_label=255))
+    n.loss = softmax_loss(n.score, n.label, normalize=True)
     return n.to_proto()
 
 
@@ -87,9 +82,7 @@ SPLITS = {
 
 def write_prototxts(directory=HERE):
     """Write one prototxt per entry of SPLITS into ``directory``."""
-    for filename, split in SPLITS.items():
-        with open(os.path.join(directory, filename), 'w') as f:
-            f.write(prototxt_text(fcn(split)))
+    write_splits(fcn, SPLITS, directory)
 
 
 if __name__ == '__main__':
