@@ -7,8 +7,7 @@ import pytest
 from netspec.errors import NetspecError
 from netspec.layers import TRAIN, layer_class
 from netspec.proto import caffe_pb2
-from tests.layer_harness import make_layer, run_layer
-from tests.test_layers_neuron import check_layer_grads
+from tests.layer_harness import check_layer_grads, make_layer, run_layer
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

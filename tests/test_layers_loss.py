@@ -11,39 +11,18 @@ import pytest
 
 from netspec.errors import NetspecError
 from netspec.proto import caffe_pb2
-from tests.layer_harness import make_layer, run_layer
+from tests.layer_harness import check_layer_grads, make_layer, run_layer
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 FLT_MIN = np.finfo(np.float32).tiny
 RTOL = 1e-5
+# finite-difference step and tolerances for the float64 gradient checks
+FD = dict(eps=1e-5, rtol=1e-5, atol=1e-8)
 
 
 def rs(seed):
     return np.random.RandomState(seed)
-
-
-def check_grads_fd(layer, bottoms, wrt=(0,), eps=1e-5, rtol=1e-5, atol=1e-8, seed=1):
-    """Central finite differences (float64) of sum(w * tops) against jax.grad, per bottom."""
-    with jax.enable_x64(True):
-        b64 = [np.asarray(b, np.float64) for b in bottoms]
-        weights = [rs(seed).randn(*t.shape) for t in run_layer(layer, b64)]
-
-        def objective(index, x):
-            full = list(b64)
-            full[index] = x
-            return sum(jnp.sum(w * t) for w, t in zip(weights, run_layer(layer, full)))
-        for index in wrt:
-            f = jax.jit(lambda x: objective(index, x))
-            analytic = np.asarray(jax.grad(f)(b64[index]))
-            numeric = np.zeros_like(b64[index])
-            for idx in np.ndindex(*b64[index].shape):
-                plus, minus = b64[index].copy(), b64[index].copy()
-                plus[idx] += eps
-                minus[idx] -= eps
-                numeric[idx] = (float(f(plus)) - float(f(minus))) / (2 * eps)
-            np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol,
-                                       err_msg=f"gradient of bottom {index}")
 
 
 def forward(layer, bottoms):
@@ -99,7 +78,7 @@ def test_softmax_forward(shape, axis):
 
 def test_softmax_gradient():
     layer = make_layer('type: "Softmax" softmax_param { axis: 2 }', [(2, 3, 3, 2)])
-    check_grads_fd(layer, [rs(1).randn(2, 3, 3, 2)])
+    check_layer_grads(layer, [rs(1).randn(2, 3, 3, 2)], **FD)
 
 
 def test_softmax_bad_axis():
@@ -178,7 +157,7 @@ def test_softmax_loss_forward_and_backward(shape, lshape, axis, ignore, norm, le
 def test_softmax_loss_matches_finite_differences():
     layer = make_layer(loss_text("SoftmaxWithLoss", ignore=1), [(2, 3, 2, 2), (2, 1, 2, 2)])
     labels = np.array([0, 1, 2, 2, 1, 0, 2, 0], np.float64).reshape(2, 1, 2, 2)
-    check_grads_fd(layer, [rs(3).randn(2, 3, 2, 2), labels])
+    check_layer_grads(layer, [rs(3).randn(2, 3, 2, 2), labels], wrt_bottoms=[0], **FD)
 
 
 def test_softmax_loss_floor_keeps_caffe_gradient():
@@ -262,7 +241,7 @@ def test_sigmoid_cross_entropy(ignore, norm, legacy, mode):
 
 def test_sigmoid_cross_entropy_finite_differences():
     layer = make_layer('type: "SigmoidCrossEntropyLoss"', [(2, 3), (2, 3)])
-    check_grads_fd(layer, [rs(8).randn(2, 3) * 2, rs(9).rand(2, 3)])
+    check_layer_grads(layer, [rs(8).randn(2, 3) * 2, rs(9).rand(2, 3)], wrt_bottoms=[0], **FD)
 
 
 # -- EuclideanLoss ----------------------------------------------------------------
@@ -274,7 +253,7 @@ def test_euclidean_loss():
     d = a.reshape(3, 4).astype(np.float64) - b
     want = sum(d[i, j] ** 2 for i in range(3) for j in range(4)) / 3 / 2
     np.testing.assert_allclose(float(forward(layer, [a, b])[0]), want, rtol=RTOL)
-    check_grads_fd(layer, [a, b], wrt=(0, 1))
+    check_layer_grads(layer, [a, b], **FD)
     np.testing.assert_allclose(grads(layer, [a, b])[0], 1.7 * d.reshape(a.shape) / 3, rtol=1e-6)
 
 
