@@ -25,7 +25,8 @@ MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
 
 def add_arguments(p):
     p.add_argument("--out", default=os.path.join("runs", "quickstart"), help="output directory")
-    p.add_argument("--iters", type=int, default=600, help="training iterations (batch 1)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="training iterations, batch 1 (default: max_iter of models/quickstart-fcn8s/solver.prototxt)")
     p.add_argument("--train-images", type=int, default=200)
     p.add_argument("--val-images", type=int, default=40)
     p.add_argument("--size", type=int, default=96, help="image side in pixels (one size: one compile)")
@@ -62,7 +63,8 @@ def make_solver_param(model, data_dir, mean, iters, prefix, seed):
                   "test_iter", "test_interval"):
         sp.ClearField(field)
     sp.train_net_param.CopyFrom(_point_data_layer(model.fcn("train"), data_dir, mean))
-    sp.max_iter = iters
+    if iters is not None:
+        sp.max_iter = iters
     sp.display = max(1, min(sp.display or 20, iters // 10 or 1))
     sp.snapshot = 0
     sp.snapshot_after_train = True
@@ -128,8 +130,8 @@ def run(args):
     if model.NUM_CLASSES != n_cl:
         raise NetspecError(f"quickstart: the model has {model.NUM_CLASSES} classes, the dataset {n_cl}")
 
-    print(f"[2/4] training the slim FCN-8s for {args.iters} iterations (log: {out}/train.log)", flush=True)
     sp = make_solver_param(model, data_dir, mean, args.iters, os.path.join(out, "quickstart-fcn8s"), args.seed)
+    print(f"[2/4] training the slim FCN-8s for {sp.max_iter} iterations (log: {out}/train.log)", flush=True)
     write_solver(os.path.join(out, "solver.prototxt"), sp)
     val_net_param = _point_data_layer(model.fcn("val"), data_dir, mean)
     write_net(os.path.join(out, "val.prototxt"), val_net_param)
