@@ -2,13 +2,15 @@
 
 Measures on this machine, at 1x3xSxS (default 500):
   * compile: seconds to lower and compile the jitted function (first call's extra cost),
-  * forward: TEST-phase net to the ``score`` blob, median of --runs calls,
+  * forward: TEST-phase net to the ``score`` blob, median (and min) of --runs calls,
   * forward+backward: TRAIN-phase net with SoftmaxWithLoss (ignore_label 255,
     normalize: false) and the gradient of every learned blob (lr_mult != 0),
 for netspec in each --dtype (bf16 computes in bfloat16 from float32 master weights)
 and PyTorch eager (float32) when torch is importable.  netspec's convolutions run
 either as the layer library has them ("net") or with the GEMM weight gradient of
-netspec.layers.conv_grad patched in ("gemm"); see --conv-grad.
+netspec.layers.conv_grad patched in ("gemm"); see --conv-grad.  Everything is
+compiled first, then the timed calls take turns (netspec, PyTorch, netspec, ...) so
+that on a shared machine every implementation sees the same load.
 
   python benchmarks/bench_fcn8s.py                          # CPU, fp32, 3 runs
   python benchmarks/bench_fcn8s.py --device gpu --dtype fp32,bf16 --runs 20 --json gpu.json
@@ -103,30 +105,28 @@ def _block(tree):
     return jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
 
 
-def time_jitted(fn, args, runs):
-    """(compile seconds, first-call seconds, median steady seconds) of a jitted fn."""
+def compile_jitted(fn, args):
+    """(compile seconds, a no-argument call of the compiled function)."""
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    _block(compiled(*args))
-    first_s = time.perf_counter() - start
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        _block(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return compile_s, first_s, statistics.median(times), compiled
+    seconds = time.perf_counter() - start
+    return seconds, lambda: _block(compiled(*args))
 
 
-def time_eager(fn, runs):
-    fn()  # warm-up
-    times = []
+def time_interleaved(measurements, runs):
+    """Time each (row, key, call) ``runs`` times, taking turns so that every one sees
+    the same machine load; store the median as row[key] and the minimum as row[key_min]."""
+    for _, _, call in measurements:
+        call()  # warm-up (the first call of a compiled function)
+    times = [[] for _ in measurements]
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for spent, (_, _, call) in zip(times, measurements):
+            start = time.perf_counter()
+            call()
+            spent.append(time.perf_counter() - start)
+    for spent, (row, key, _) in zip(times, measurements):
+        row[key] = statistics.median(spent)
+        row[key[:-2] + "_min_s"] = min(spent)
 
 
 # ---------------------------------------------------------------------------
@@ -177,36 +177,41 @@ def netspec_grad_fn(graph, dtype):
     return jax.jit(jax.value_and_grad(objective))
 
 
-def bench_netspec(deploy, train, size, dtype_name, variant, runs, device):
+def prepare_netspec(graphs, device_args, dtype_name, variant):
+    """Compile netspec's forward and forward+backward; returns (row, {key: call}, score)."""
     use_conv_variant(variant)
+    test_graph, train_graph = graphs
+    params, learned, fixed, fwd_inputs, train_inputs = device_args
     dtype = DTYPES[dtype_name]
+    row = {"impl": "netspec", "dtype": dtype_name, "conv_grad": variant}
+    row["compile_fwd_s"], forward = compile_jitted(netspec_forward_fn(test_graph, dtype),
+                                                   (params, fwd_inputs))
+    row["compile_fwdbwd_s"], forward_backward = compile_jitted(
+        netspec_grad_fn(train_graph, dtype), (learned, fixed, train_inputs, jax.random.PRNGKey(0)))
+    use_conv_variant("net")
+    score = np.asarray(forward(), np.float32)
+    return row, {"fwd_s": forward, "fwdbwd_s": forward_backward}, score
+
+
+def netspec_setup(deploy, train, size, device):
+    """Both graphs, and params and inputs on the device (shared by every variant)."""
     test_graph = Net(deploy, phase=TEST).graph
     train_graph = Net(train, phase=TRAIN).graph
     params = random_params(test_graph)
     data, label = make_inputs(size)
-    put = lambda tree: jax.device_put(tree, device)
-    row = {"impl": "netspec", "dtype": dtype_name, "conv_grad": variant}
-
-    fwd = netspec_forward_fn(test_graph, dtype)
-    args = (put(params), put({"data": data}))
-    row["compile_fwd_s"], row["first_fwd_s"], row["fwd_s"], compiled = time_jitted(fwd, args, runs)
-    score = np.asarray(compiled(*args), np.float32)
-
     learned, fixed = split_learned(train_graph, params)
-    grad = netspec_grad_fn(train_graph, dtype)
-    args = (put(learned), put(fixed), put({"data": data, "label": label}),
-            jax.random.PRNGKey(0))
-    row["compile_fwdbwd_s"], row["first_fwdbwd_s"], row["fwdbwd_s"], _ = time_jitted(
-        grad, args, runs)
-    use_conv_variant("net")
-    return row, params, score
+    put = lambda tree: jax.device_put(tree, device)
+    device_args = (put(params), put(learned), put(fixed), put({"data": data}),
+                   put({"data": data, "label": label}))
+    return (test_graph, train_graph), params, device_args
 
 
 # ---------------------------------------------------------------------------
 # PyTorch eager
 # ---------------------------------------------------------------------------
 
-def bench_torch(params, size, runs, on_gpu):
+def prepare_torch(params, size, on_gpu):
+    """PyTorch eager forward and forward+backward calls; returns (row, {key: call}, score)."""
     import torch
     import torch_fcn8s
     device = "cuda" if on_gpu else "cpu"
@@ -216,6 +221,7 @@ def bench_torch(params, size, runs, on_gpu):
     data, label = make_inputs(size)
     x, y = torch.tensor(data, device=device), torch.tensor(label[:, 0], device=device)
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    learned = [t for v in p.values() for t in v if t.requires_grad]
 
     def forward():
         with torch.no_grad():
@@ -223,19 +229,14 @@ def bench_torch(params, size, runs, on_gpu):
         sync()
         return out
 
-    learned = [t for v in p.values() for t in v if t.requires_grad]
-
     def forward_backward():
-        loss = torch_fcn8s.loss(p, x, y)
-        grads = torch.autograd.grad(loss, learned)
+        grads = torch.autograd.grad(torch_fcn8s.loss(p, x, y), learned)
         sync()
         return grads
 
     row = {"impl": "pytorch-eager", "dtype": "fp32", "conv_grad": "-",
            "threads": torch.get_num_threads(), "version": torch.__version__}
-    row["fwd_s"] = time_eager(forward, runs)
-    row["fwdbwd_s"] = time_eager(forward_backward, runs)
-    return row, forward().cpu().numpy()
+    return row, {"fwd_s": forward, "fwdbwd_s": forward_backward}, forward().cpu().numpy()
 
 
 def torch_available(on_gpu):
@@ -266,18 +267,18 @@ def _fmt(value):
 
 
 def print_table(rows):
-    keys = ["compile_fwd_s", "compile_fwdbwd_s", "fwd_s", "fwdbwd_s"]
-    print(f"{'impl':<14}{'dtype':<6}{'conv':<6}" + "".join(f"{k:>18}" for k in keys))
+    keys = ["compile_fwd_s", "compile_fwdbwd_s", "fwd_s", "fwd_min_s", "fwdbwd_s", "fwdbwd_min_s"]
+    print(f"{'impl':<14}{'dtype':<6}{'conv':<6}" + "".join(f"{k:>17}" for k in keys))
     for r in rows:
         print(f"{r['impl']:<14}{r['dtype']:<6}{r['conv_grad']:<6}"
-              + "".join(f"{_fmt(r.get(k)):>18}" for k in keys))
+              + "".join(f"{_fmt(r.get(k)):>17}" for k in keys))
     peer = next((r for r in rows if r["impl"] == "pytorch-eager"), None)
     if peer:
         for r in rows:
             if r is not peer:
                 print(f"netspec {r['dtype']}/{r['conv_grad']} vs PyTorch eager: forward "
                       f"{peer['fwd_s'] / r['fwd_s']:.2f}x, forward+backward "
-                      f"{peer['fwdbwd_s'] / r['fwdbwd_s']:.2f}x (>1: netspec faster)")
+                      f"{peer['fwdbwd_s'] / r['fwdbwd_s']:.2f}x (medians; >1: netspec faster)")
 
 
 def main(argv=None):
@@ -304,25 +305,28 @@ def main(argv=None):
 
     info = machine_info(device)
     print(json.dumps(info))
-    rows, check = [], {}
+    rows, measurements, scores = [], [], {}
     with tempfile.TemporaryDirectory() as workdir:
         deploy, train = write_nets(args.size, workdir)
-        for dtype_name in dtypes:
-            for variant in variants:
-                row, params, score = bench_netspec(deploy, train, args.size, dtype_name, variant,
-                                                   args.runs, device)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if dtype_name == "fp32":
-                    check["netspec"] = score
+        graphs, params, device_args = netspec_setup(deploy, train, args.size, device)
+    for dtype_name in dtypes:
+        for variant in variants:
+            row, calls, score = prepare_netspec(graphs, device_args, dtype_name, variant)
+            rows.append(row)
+            measurements += [(row, key, call) for key, call in calls.items()]
+            if dtype_name == "fp32":
+                scores["netspec"] = score
+            print(json.dumps(row), flush=True)
     if not args.no_torch and torch_available(on_gpu):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        row, torch_score = bench_torch(params, args.size, args.runs, on_gpu)
-        if "netspec" in check:
-            diff = np.abs(check["netspec"] - torch_score)
-            row["score_max_abs_diff"] = float(diff.max())
+        row, calls, torch_score = prepare_torch(params, args.size, on_gpu)
+        if "netspec" in scores:
+            row["score_max_abs_diff"] = float(np.abs(scores["netspec"] - torch_score).max())
             row["score_max_abs"] = float(np.abs(torch_score).max())
         rows.append(row)
+        measurements += [(row, key, call) for key, call in calls.items()]
+    time_interleaved(measurements, args.runs)
+    for row in rows:
         print(json.dumps(row), flush=True)
     print_table(rows)
     if args.json:
