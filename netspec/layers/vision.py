@@ -14,6 +14,7 @@ from jax import lax
 
 from ..proto import caffe_pb2
 from .base import Layer, channels_last_axis, register
+from . import conv_grad
 
 PoolingParameter = caffe_pb2.PoolingParameter
 LRNParameter = caffe_pb2.LRNParameter
@@ -176,7 +177,7 @@ class Convolution(_ConvolutionBase):
     def _compute(self, weight, x):
         n = self.num_spatial
         kernel = jnp.transpose(weight, tuple(range(2, n + 2)) + (1, 0)).astype(x.dtype)
-        return lax.conv_general_dilated(
+        return conv_grad.conv_general_dilated(
             x, kernel, window_strides=self.stride, padding=[(p, p) for p in self.pad],
             rhs_dilation=self.dilation, dimension_numbers=self._dimension_numbers(),
             feature_group_count=self.group)
