@@ -165,3 +165,16 @@ def test_quickstart_runs_end_to_end_at_toy_scale(tmp_path, capsys):
         assert os.path.exists(out / name), name
     mean_iu = float([l for l in (out / "scores.txt").read_text().splitlines() if l.startswith("mean IU")][0].split()[-1])
     assert 0.0 <= mean_iu <= 100.0
+
+
+def test_quickstart_solver_defaults_to_the_model_solver(tmp_path):
+    from netspec.commands.quickstart import MODEL_DIR, load_model_module, make_solver_param
+    from netspec.prototxt import parse_solver
+    model = load_model_module()
+    sp = make_solver_param(model, str(tmp_path), (1.0, 2.0, 3.0), None, str(tmp_path / "snap"), 0)
+    reference = parse_solver(os.path.join(MODEL_DIR, "solver.prototxt"))
+    assert sp.max_iter == reference.max_iter and sp.type == reference.type
+    assert sp.base_lr == reference.base_lr and not sp.test_iter
+    data = [l for l in sp.train_net_param.layer if l.type == "Python"][0]
+    assert str(tmp_path) in data.python_param.param_str
+    assert make_solver_param(model, str(tmp_path), (1, 2, 3), 7, "p", 0).max_iter == 7

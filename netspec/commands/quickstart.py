@@ -65,7 +65,7 @@ def make_solver_param(model, data_dir, mean, iters, prefix, seed):
     sp.train_net_param.CopyFrom(_point_data_layer(model.fcn("train"), data_dir, mean))
     if iters is not None:
         sp.max_iter = iters
-    sp.display = max(1, min(sp.display or 20, iters // 10 or 1))
+    sp.display = max(1, min(sp.display or 20, sp.max_iter // 10 or 1))
     sp.snapshot = 0
     sp.snapshot_after_train = True
     sp.snapshot_prefix = prefix
