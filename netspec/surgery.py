@@ -63,6 +63,8 @@ def transplant(new_weights, new_shapes, old_weights, suffix=""):
     weights = _copy_blobs(new_weights or {})
     report = {"copied": [], "coerced": [], "skipped": []}
     for old_name, old_blobs in old_weights.items():
+        if not len(old_blobs):      # ReLU, pooling, ...: nothing to move
+            continue
         new_name = old_name + suffix
         if new_name not in new_shapes:
             report["skipped"].append((old_name, None, f"no layer {new_name!r} in the new net"))
