@@ -38,12 +38,31 @@ class Log:
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.pid = os.getpid()
+        isatty = getattr(self.stream, "isatty", None)
+        self.interactive = bool(isatty and isatty())
+        self._progress_shown = False
 
     def __call__(self, message):
         now = time.time()
         stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
+        self._clear_progress()
         self.stream.write(f"I{stamp} {self.pid:5d} solver.py] {message}\n")
         self.stream.flush()
+
+    def progress(self, done, total, text=""):
+        """A one-line progress bar, redrawn in place, on an interactive terminal only."""
+        if not self.interactive or total <= 0:
+            return
+        width = 30
+        filled = int(width * min(done, total) / total)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {text}\033[K")
+        self.stream.flush()
+        self._progress_shown = True
+
+    def _clear_progress(self):
+        if self._progress_shown:
+            self.stream.write("\r\033[K")
+            self._progress_shown = False
 
 
 def _resolve(path, base_dir):
@@ -294,6 +313,9 @@ class Solver:
                     tick, tick_iter = time.time(), self.iter
                 self.iter += 1
                 self.smoothed_loss = smoothed
+                progress = getattr(self.log, "progress", None)
+                if progress is not None:
+                    progress(self.iter, int(p.max_iter), f"loss {smoothed:.4g}")
                 request, self._requested = self._requested, None
                 if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
                     if not bool(_all_finite(params)):     # never let a diverged update replace a good snapshot
