@@ -386,17 +386,43 @@ class Solver:
         self.log(f"Iteration {self.iter}, Testing net (#{index})")
         iterations = int(p.test_iter[index])
         sums, loss = None, 0.0
+        hist = np.zeros((self.score_classes,) * 2, np.int64) if self.score_classes else None
         for _ in range(iterations):
             out = net.forward()
             values = {k: np.array(v, np.float64) for k, v in out.items()}
             if p.test_compute_loss:
                 loss += sum(w * float(np.sum(net.blobs[t].data)) for t, w in net.blob_loss_weights.items() if w)
             sums = values if sums is None else {k: sums[k] + values[k] for k in sums}
+            if hist is not None:
+                hist += self._segmentation_hist(net)
         if p.test_compute_loss:
             self.log(f"Test loss: {_g(loss / max(1, iterations))}")
         means = {k: v / max(1, iterations) for k, v in (sums or {}).items()}
         self._log_outputs("Test", net.graph, means)
+        if hist is not None:
+            from .score import scores
+            result = scores(hist)
+            self.log(f"Test net #{index} segmentation: pixel accuracy = {_g(result['pixel_acc'])}, "
+                     f"mean accuracy = {_g(result['mean_acc'])}, mean IU = {_g(result['mean_iu'])}, "
+                     f"f.w. IU = {_g(result['fwavacc'])}")
+            means["segmentation"] = result
         return means
+
+    # FCN's scoring during training (the reference solve.py's seg_tests): set
+    # ``solver.score_classes`` (``netspec train --score-classes N``) to log the
+    # paper's four metrics of ``score_blob`` against ``label_blob`` at every test.
+    score_classes = 0
+    score_blob, label_blob = "score", "label"
+
+    def _segmentation_hist(self, net):
+        from .score import fast_hist
+        for blob in (self.score_blob, self.label_blob):
+            if blob not in net.blobs:
+                raise NetspecError(f'{self.path}: the test net has no blob "{blob}" to score '
+                                   '(--score-blob/--label-blob)')
+        label = net.blobs[self.label_blob].data
+        predicted = net.blobs[self.score_blob].data.argmax(axis=1)
+        return fast_hist(label.reshape(-1).astype(np.int64), predicted.reshape(-1), self.score_classes)
 
     # -- snapshots ----------------------------------------------------------
     def _snapshot_prefix(self):

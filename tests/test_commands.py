@@ -178,3 +178,61 @@ def test_quickstart_solver_defaults_to_the_model_solver(tmp_path):
     data = [l for l in sp.train_net_param.layer if l.type == "Python"][0]
     assert str(tmp_path) in data.python_param.param_str
     assert make_solver_param(model, str(tmp_path), (1, 2, 3), 7, "p", 0).max_iter == 7
+
+
+SEG_LAYER = '''
+import numpy as np
+import netspec
+
+class Tiles(netspec.Layer):
+    """Deterministic 2-channel images and 3-class labels (255 on the first column)."""
+    def setup(self, bottom, top):
+        self.rs = np.random.RandomState(5)
+    def reshape(self, bottom, top):
+        top[0].reshape(1, 2, 4, 5)
+        top[1].reshape(1, 1, 4, 5)
+    def forward(self, bottom, top):
+        top[0].data[...] = self.rs.randn(1, 2, 4, 5)
+        label = self.rs.randint(0, 3, (1, 1, 4, 5))
+        label[..., 0] = 255
+        top[1].data[...] = label
+'''
+
+SEG_NET = '''
+layer { name: "data" type: "Python" top: "data" top: "label" python_param { module: "tiles" layer: "Tiles" } }
+layer { name: "score" type: "Convolution" bottom: "data" top: "score" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"
+  loss_param { ignore_label: 255 } }
+'''
+
+
+def test_training_scores_segmentation_at_test_time(tmp_path, monkeypatch):
+    from netspec.caffemodel import write_caffemodel
+    from netspec.score import fast_hist, scores
+    from netspec.solver import Log, Solver
+    import io
+    (tmp_path / "tiles.py").write_text(SEG_LAYER)
+    (tmp_path / "net.prototxt").write_text(SEG_NET)
+    (tmp_path / "solver.prototxt").write_text(
+        'train_net: "net.prototxt"\ntest_net: "net.prototxt"\ntest_iter: 3\ntest_interval: 1\n'
+        'base_lr: 0\nlr_policy: "fixed"\nmax_iter: 1\nsnapshot_after_train: false\n')
+    rs = np.random.RandomState(0)
+    w, b = rs.randn(3, 2, 1, 1).astype(np.float32), rs.randn(3).astype(np.float32)
+    write_caffemodel(str(tmp_path / "w.caffemodel"), None, {"score": [w, b]})
+    monkeypatch.chdir(tmp_path)
+    stream = io.StringIO()
+    solver = Solver("solver.prototxt", log=Log(stream), weights=["w.caffemodel"])
+    solver.score_classes = 3
+    result = solver.test(0)["segmentation"]
+
+    data_rs, hist = np.random.RandomState(5), np.zeros((3, 3), np.int64)   # the layer's own sequence
+    for _ in range(3):
+        x = data_rs.randn(1, 2, 4, 5)
+        label = data_rs.randint(0, 3, (1, 1, 4, 5))
+        label[..., 0] = 255
+        predicted = (np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x) + b[None, :, None, None]).argmax(1)
+        hist += fast_hist(label.ravel(), predicted.ravel(), 3)
+    expected = scores(hist)
+    assert hist.sum() == 3 * 4 * 4
+    assert result["mean_iu"] == pytest.approx(expected["mean_iu"])
+    assert f"mean IU = {expected['mean_iu']:.6g}" in stream.getvalue()

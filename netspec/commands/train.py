@@ -14,6 +14,11 @@ def add_arguments(p):
                    help="what Ctrl-C does (Caffe's default: snapshot and stop)")
     p.add_argument("--sighup_effect", choices=("stop", "snapshot", "none"), default="snapshot",
                    help="what SIGHUP does (default: snapshot and continue)")
+    p.add_argument("--score-classes", type=int, default=0, metavar="N",
+                   help="at every test, also log pixel accuracy, mean accuracy, mean IU and f.w. IU "
+                        "of the test net's argmax over --score-blob against --label-blob, N classes")
+    p.add_argument("--score-blob", default="score")
+    p.add_argument("--label-blob", default="label")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host; see README)")
 
@@ -49,5 +54,6 @@ def run(args):
     solver = Solver(path, python_path=args.python_path, devices=select_devices(args.gpu),
                     weights=args.weights.split(",") if args.weights else None)
     solver.sigint_effect, solver.sighup_effect = args.sigint_effect, args.sighup_effect
+    solver.score_classes, solver.score_blob, solver.label_blob = args.score_classes, args.score_blob, args.label_blob
     solver.solve(resume_file=args.snapshot)
     return 0
