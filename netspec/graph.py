@@ -40,7 +40,7 @@ class Graph:
     nodes: list
     blob_shapes: dict                # blob name -> shape, in creation order (Caffe's net.blobs order)
     inputs: list                     # blob names fed from outside, in layer order
-    outputs: list                    # blobs no later layer consumes (Caffe's net outputs)
+    outputs: list                    # blobs no later layer consumes, sorted (Caffe's std::set order)
     param_shapes: dict               # owner layer -> [shape, ...]
     param_fillers: dict              # owner layer -> [FillerParameter or None, ...]
     state_shapes: dict               # layer -> [shape, ...] (BatchNorm statistics)
@@ -181,7 +181,7 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
         nodes.append(node)
 
     return Graph(name=net.name, phase=phase, nodes=nodes, blob_shapes=shapes, inputs=inputs,
-                 outputs=list(available), param_shapes=param_shapes, param_fillers=param_fillers,
+                 outputs=sorted(available), param_shapes=param_shapes, param_fillers=param_fillers,
                  state_shapes=state_shapes, learnable=learnable, blob_need_backward=need_backward,
                  force_backward=net.force_backward)
 
