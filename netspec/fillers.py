@@ -63,13 +63,17 @@ def fill(filler, shape, rs):
 
 
 def bilinear(shape):
-    """Caffe's BilinearFiller: the same bilinear upsampling kernel in every (n, c) slice."""
+    """Caffe's BilinearFiller: the same bilinear upsampling kernel in every (n, c) slice.
+
+    f = ceil(K / 2), c = (K - 1) / (2 f), w[y, x] = (1 - |x/f - c|) (1 - |y/f - c|),
+    in float arithmetic as Caffe's filler.hpp computes it.
+    """
     if len(shape) != 4 or shape[2] != shape[3]:
         raise NetspecError(f"bilinear filler needs a 4-D blob with square kernels, got {shape}")
     k = shape[3]
-    f = np.ceil(k / 2.0)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
-    x = np.arange(k)
-    line = 1 - np.abs(x / f - c)
+    f = int(np.ceil(k / 2.0))
+    c = np.float32((k - 1) / (2.0 * f))
+    x = np.arange(k, dtype=np.float32)
+    line = np.float32(1) - np.abs(x / np.float32(f) - c)
     kernel = np.outer(line, line).astype(np.float32)
     return np.broadcast_to(kernel, shape).copy()
