@@ -283,9 +283,12 @@ def _windows(xp, kernel, strides, out_hw):
 
 
 def _max_value(x, kernel, strides, pads):
+    """Window maxima of the in-image cells; Caffe starts each top at -FLT_MAX, so a window
+    with no image cell (ceil overhang when stride > kernel) gives -FLT_MAX, not -inf."""
     xp = _pad_hw(x, pads, -jnp.inf)
-    return lax.reduce_window(xp, np.array(-np.inf, x.dtype), lax.max,
-                             (1,) + tuple(kernel) + (1,), (1,) + tuple(strides) + (1,), "VALID")
+    y = lax.reduce_window(xp, np.array(-np.inf, x.dtype), lax.max,
+                          (1,) + tuple(kernel) + (1,), (1,) + tuple(strides) + (1,), "VALID")
+    return jnp.maximum(y, jnp.asarray(-np.finfo(np.float32).max, x.dtype))
 
 
 def _first_max_hits(x, y, kernel, strides, pads):
@@ -379,11 +382,14 @@ def _hw_pair(layer, param, field, default):
     return value, value
 
 
-def _pooled_size(size, kernel, stride, pad, ceil_mode):
-    """Caffe's pooled output size, including the rule dropping a window that starts in the padding."""
+def _pooled_size(size, kernel, stride, pad, ceil_mode, any_pad):
+    """Caffe's pooled output size, including the rule dropping a window that starts in the padding.
+
+    Caffe applies that rule to both axes as soon as either has padding (``any_pad``).
+    """
     span = size + 2 * pad - kernel
     out = (math.ceil(span / stride) if ceil_mode else math.floor(span / stride)) + 1
-    if pad and (out - 1) * stride >= size + pad:
+    if any_pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -423,7 +429,7 @@ class Pooling(Layer):
         if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
             raise self.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
         ceil_mode = pp.round_mode == PoolingParameter.CEIL
-        self.out_hw = tuple(_pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in
+        self.out_hw = tuple(_pooled_size(s, k, st, p, ceil_mode, any(self.pad)) for s, k, st, p in
                             zip((height, width), self.kernel, self.stride, self.pad))
         if min(self.out_hw) < 1:
             raise self.error(f"kernel {self.kernel} with pad {self.pad} does not fit the bottom "
