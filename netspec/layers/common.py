@@ -238,7 +238,8 @@ class Eltwise(Layer):
         if len(p.coeff) not in (0, len(self.bottom_shapes)):
             raise self.error(f"takes one coeff per bottom: {len(p.coeff)} coeffs for "
                              f"{len(self.bottom_shapes)} bottoms")
-        if p.coeff and self.operation != P.EltwiseParameter.SUM:
+        # Caffe rejects coefficients only for PROD; MAX accepts and ignores them
+        if p.coeff and self.operation == P.EltwiseParameter.PROD:
             raise self.error("coeff is only allowed with operation SUM")
         self.coeffs = [float(c) for c in p.coeff] or [1.0] * len(self.bottom_shapes)
 
