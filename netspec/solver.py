@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 
 import jax
 import jax.numpy as jnp
@@ -121,7 +120,7 @@ class Solver:
         # and the jitted step donates the optimizer state
         self._opt_state = jax.tree.map(lambda x: jnp.array(x, copy=True),
                                        self._optimizer.init(self._device_params()))
-        self._losses = deque(maxlen=max(1, int(self.param.average_loss)))
+        self._losses, self.smoothed_loss, self._start_iter = [], 0.0, 0
         self._steps = {}
         self._requested = None
         self._last_snapshot = None
@@ -286,6 +285,8 @@ class Solver:
         state = self._replicated(self.net.state_tree())
         self._opt_state = optim.set_iteration(self._opt_state, self.iter)
         stop_iter = self.iter + int(iters)
+        # Caffe's Step restarts the loss smoothing at every call
+        self._losses, self.smoothed_loss, self._start_iter = [], 0.0, self.iter
         batches = None
         tick, tick_iter = time.time(), self.iter
         self._install_signal_handlers()
@@ -301,8 +302,7 @@ class Solver:
                 loss = float(loss)
                 if not math.isfinite(loss):
                     self._diverged(f"loss = {loss}", params, state)
-                self._losses.append(loss)
-                smoothed = sum(self._losses) / len(self._losses)
+                smoothed = self._update_smoothed_loss(loss)
                 if p.display and self.iter % p.display == 0:
                     lapse = time.time() - tick
                     per_s = (self.iter - tick_iter) / lapse if lapse > 0 else 0.0
@@ -312,7 +312,6 @@ class Solver:
                     self.log(f"Iteration {self.iter}, lr = {_g(learning_rate(p, self.iter, self.path))}")
                     tick, tick_iter = time.time(), self.iter
                 self.iter += 1
-                self.smoothed_loss = smoothed
                 progress = getattr(self.log, "progress", None)
                 if progress is not None:
                     progress(self.iter, int(p.max_iter), f"loss {smoothed:.4g}")
@@ -322,7 +321,7 @@ class Solver:
                         self._diverged("the weights are not finite", params, state)
                     self._sync_to_net(params, state)
                     self.snapshot()
-                elif request == "stop":
+                if request == "stop":
                     self.requested_early_exit = True
                     break
         finally:
@@ -347,12 +346,26 @@ class Solver:
         if p.display and self.iter % p.display == 0:
             out = self.net.forward()
             loss = sum(w * float(np.sum(self.net.blobs[t].data)) for t, w in self.net.blob_loss_weights.items() if w)
-            self._losses.append(loss)
-            self.log(f"Iteration {self.iter}, loss = {_g(sum(self._losses) / len(self._losses))}")
+            self.log(f"Iteration {self.iter}, loss = {_g(self._update_smoothed_loss(loss))}")
             del out
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         self.log("Optimization Done.")
+
+    def _update_smoothed_loss(self, loss):
+        """Caffe's ``UpdateSmoothedLoss``: a running mean of the last ``average_loss`` losses (float)."""
+        window = max(1, int(self.param.average_loss))
+        loss, smoothed = np.float32(loss), np.float32(self.smoothed_loss)
+        if len(self._losses) < window:
+            self._losses.append(loss)
+            size = np.float32(len(self._losses))
+            smoothed = (smoothed * (size - 1) + loss) / size
+        else:
+            index = (self.iter - self._start_iter) % window
+            smoothed = smoothed + (loss - self._losses[index]) / np.float32(window)
+            self._losses[index] = loss
+        self.smoothed_loss = float(smoothed)
+        return self.smoothed_loss
 
     def _diverged(self, what, params, state):
         self._sync_to_net(params, state)
@@ -429,6 +442,10 @@ class Solver:
         prefix = self.param.snapshot_prefix
         if not prefix:
             prefix = os.path.splitext(self.path)[0] if self._base else "snapshot"
+        elif os.path.isdir(prefix) and self._base:
+            # Caffe's UpgradeSnapshotPrefixProperty: <directory>/<solver file stem>
+            stem = os.path.splitext(os.path.basename(self.path))[0]
+            prefix = os.path.join(prefix, stem)
         return prefix
 
     def snapshot(self):
@@ -444,7 +461,7 @@ class Solver:
         state_file = prefix + ".solverstate"
         self.log(f"Snapshotting solver state to binary proto file {state_file}")
         history = self._caffe_history()
-        current_step = snapshot_current_step(self.param, self.iter) if self.param.lr_policy == "multistep" else 0
+        current_step = snapshot_current_step(self.param, self.iter)
         write_solverstate(state_file, self.iter, current_step, model, history)
         self._last_snapshot = model
         return model, state_file
