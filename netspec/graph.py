@@ -208,11 +208,14 @@ def _assign_params(node, lp, param_owner, param_shapes, param_fillers, learnable
         decay = spec.decay_mult if spec is not None else 1.0
         shared_name = spec.name if spec is not None and spec.name else None
         if shared_name and shared_name in param_owner:
-            owner, index, owner_shape = param_owner[shared_name]
+            shared = param_owner[shared_name]
+            owner, index, owner_shape = shared["owner"], shared["index"], shared["shape"]
             strict = spec.share_mode == 0
             if (strict and owner_shape != shape) or (not strict and _count(owner_shape) != _count(shape)):
                 raise NetspecError(f'layer "{lp.name}" ({lp.type}): shared param "{shared_name}" has '
                                    f'shape {shape} here but {owner_shape} in layer "{owner}"')
+            _share_multiplier(shared, spec, "lr_mult", lp)
+            _share_multiplier(shared, spec, "decay_mult", lp)
             node.param_keys.append((owner, index))
         else:
             index = len(owned_shapes)
@@ -221,12 +224,34 @@ def _assign_params(node, lp, param_owner, param_shapes, param_fillers, learnable
             node.param_keys.append((lp.name, index))
             learnable.append((lp.name, index))
             if shared_name:
-                param_owner[shared_name] = (lp.name, index, shape)
+                param_owner[shared_name] = {
+                    "owner": lp.name, "index": index, "shape": shape, "node": node,
+                    "position": i, "lr_mult": spec.HasField("lr_mult"),
+                    "decay_mult": spec.HasField("decay_mult")}
         node.lr_mults.append(float(lr))
         node.decay_mults.append(float(decay))
     if owned_shapes:
         param_shapes[lp.name] = owned_shapes
         param_fillers[lp.name] = owned_fillers
+
+
+def _share_multiplier(shared, spec, field, lp):
+    """Caffe's ``Net::AppendParam`` for a shared blob: the owner's lr/decay multiplier
+    unless it left it unset, then the first sharing layer's that sets it; explicit
+    values that disagree are an error."""
+    if not spec.HasField(field):
+        return
+    owner_node, position = shared["node"], shared["position"]
+    values = owner_node.lr_mults if field == "lr_mult" else owner_node.decay_mults
+    value = float(getattr(spec, field))
+    if shared[field]:
+        if values[position] != value:
+            raise NetspecError(f'layer "{lp.name}" ({lp.type}): shared param "{spec.name}" has '
+                               f'{field} {value:g} here but {values[position]:g} in layer '
+                               f'"{shared["owner"]}"; give it the same {field} everywhere')
+        return
+    values[position] = value
+    shared[field] = True
 
 
 def _count(shape):
