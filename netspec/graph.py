@@ -13,6 +13,8 @@ from .layers import TRAIN, layer_class
 
 # Layer types whose tops are fed from outside the jitted computation.
 INPUT_TYPES = ("Input",)
+# Caffe's name for the top it adds to a loss layer given none (Net::AppendTop).
+AUTOMATIC_TOP = "(automatic)"
 
 
 @dataclass
@@ -128,6 +130,7 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
     param_shapes, param_fillers, state_shapes, learnable = {}, {}, {}, []
 
     for lp in filter_layers(net, state):
+        lp = _with_automatic_top(lp, host_layers)
         node = Node(name=lp.name, type=lp.type, lp=lp, bottoms=list(lp.bottom), tops=list(lp.top))
         for i, b in enumerate(node.bottoms):
             if b not in shapes:
@@ -159,7 +162,7 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
 
         # in-place and duplicate tops
         for t in node.tops:
-            if t in shapes and t not in node.bottoms:
+            if t in shapes and t not in node.bottoms and t != AUTOMATIC_TOP:
                 raise NetspecError(f'layer "{lp.name}" ({lp.type}): top blob "{t}" is already '
                                    'produced by an earlier layer (only in-place reuse is allowed)')
         for t, s in zip(node.tops, top_shapes):
@@ -169,7 +172,8 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
             shapes[t] = s
             if t in available:
                 available.remove(t)
-            available.append(t)
+            if t != AUTOMATIC_TOP:      # anonymous tops are never net outputs (Caffe)
+                available.append(t)
 
         node.loss_weights = _loss_weights(node, lp)
         node.propagate_down = _propagate_down(node, lp)
@@ -184,6 +188,24 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
                  outputs=sorted(available), param_shapes=param_shapes, param_fillers=param_fillers,
                  state_shapes=state_shapes, learnable=learnable, blob_need_backward=need_backward,
                  force_backward=net.force_backward)
+
+
+def _with_automatic_top(lp, host_layers):
+    """Caffe's AutoTopBlobs: a loss layer given no top gets an anonymous "(automatic)" one,
+    so its loss (weight 1 by default) still counts."""
+    if lp.top or lp.type in INPUT_TYPES or lp.name in host_layers:
+        return lp
+    try:
+        is_loss = layer_class(lp.type, lp.name).is_loss
+    except NetspecError:
+        return lp
+    if not is_loss:
+        return lp
+    from .proto import caffe_pb2
+    with_top = caffe_pb2.LayerParameter()
+    with_top.CopyFrom(lp)
+    with_top.top.append(AUTOMATIC_TOP)
+    return with_top
 
 
 def _assign_params(node, lp, param_owner, param_shapes, param_fillers, learnable):

@@ -265,3 +265,20 @@ def test_stop_request_on_a_snapshot_iteration_still_stops(tmp_path):
     solver.step(5)
     assert solver.iter == 2
     assert (tmp_path / "s_iter_2.caffemodel").exists()
+
+
+def test_loss_layer_without_top_still_counts_its_loss():
+    # net.cpp Net::Init (AutoTopBlobs): a loss layer with no top gets an anonymous
+    # "(automatic)" top with loss weight 1 (loss_layer.cpp LayerSetUp); it is not an output.
+    text = '''
+        layer { name: "in" type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "l2" type: "EuclideanLoss" bottom: "a" bottom: "b" }
+    '''
+    from netspec.graph import build_graph
+    from netspec import compiler
+    graph = build_graph(net_from_text(text), TEST)
+    assert graph.outputs == []
+    rs = np.random.RandomState(4)
+    a, b = rs.randn(2, 3).astype(np.float32), rs.randn(2, 3).astype(np.float32)
+    _, loss, _ = compiler.forward(graph, {}, {}, {"a": a, "b": b})
+    np.testing.assert_allclose(float(loss), np.sum((a - b) ** 2) / 2 / 2, rtol=1e-6)
