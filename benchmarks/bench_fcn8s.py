@@ -7,13 +7,19 @@ Measures on this machine, at 1x3xSxS (default 500):
     normalize: false) and the gradient of every learned blob (lr_mult != 0),
 for netspec in each --dtype (bf16 computes in bfloat16 from float32 master weights)
 and PyTorch eager (float32) when torch is importable.  netspec's convolutions run
-either as the layer library has them ("net") or with the GEMM weight gradient of
-netspec.layers.conv_grad patched in ("gemm"); see --conv-grad.  Everything is
-compiled first, then the timed calls take turns (netspec, PyTorch, netspec, ...) so
-that on a shared machine every implementation sees the same load.
+as the layer library has them ("net": netspec.layers.conv_grad) or, for comparison,
+as plain XLA convolutions ("xla"); see --conv-grad.  Everything is compiled first,
+then the timed calls take turns (netspec, PyTorch, netspec, ...) so that on a shared
+machine every implementation sees the same load.
+
+--precision (GPU): matmul/convolution precision of the float32 rows.  "highest" is
+full float32 (netspec's default; PyTorch with TF32 off, row "fp32"), "tensorfloat32"
+lets both use TF32 tensor cores (PyTorch's cuDNN default; row "tf32").  On CPU both
+compute in float32, so only the default is worth running there.
 
   python benchmarks/bench_fcn8s.py                          # CPU, fp32, 3 runs
-  python benchmarks/bench_fcn8s.py --device gpu --dtype fp32,bf16 --runs 20 --json gpu.json
+  python benchmarks/bench_fcn8s.py --device gpu --dtype fp32,bf16 \
+      --precision highest,tensorfloat32 --runs 20 --json gpu.json
 """
 import argparse
 import json
@@ -41,6 +47,8 @@ from netspec.proto import caffe_pb2  # noqa: E402
 
 DEPLOY = os.path.join(ROOT, "models", "voc-fcn8s", "deploy.prototxt")
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+# netspec matmul precision -> the PyTorch row computed the same way
+PRECISIONS = {"highest": "fp32", "tensorfloat32": "tf32"}
 
 
 # ---------------------------------------------------------------------------
@@ -133,23 +141,21 @@ def time_interleaved(measurements, runs):
 # netspec
 # ---------------------------------------------------------------------------
 
-class _LaxWithGemmConv:
-    """``lax`` as vision.py sees it, but with conv_grad's convolution (benchmark only)."""
-    conv_general_dilated = staticmethod(conv_grad.conv_general_dilated)
-
-    def __getattr__(self, name):
-        return getattr(jax.lax, name)
+class _PlainXlaConv:
+    """``conv_grad`` as vision.py sees it, but computing plain XLA convolutions."""
+    conv_general_dilated = staticmethod(jax.lax.conv_general_dilated)
 
 
 def use_conv_variant(variant):
-    vision.lax = _LaxWithGemmConv() if variant == "gemm" else jax.lax
+    vision.conv_grad = _PlainXlaConv() if variant == "xla" else conv_grad
 
 
-def netspec_forward_fn(graph, dtype):
+def netspec_forward_fn(graph, dtype, precision):
     def run(params, inputs):
         cast = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
         inputs = {k: v.astype(dtype) for k, v in inputs.items()}
-        blobs, _, _ = compiler.forward(graph, cast, {}, inputs, train=False, keep=("score",))
+        blobs, _, _ = compiler.forward(graph, cast, {}, inputs, train=False, keep=("score",),
+                                       precision=precision)
         return blobs["score"]
     return jax.jit(run)
 
@@ -164,30 +170,33 @@ def split_learned(graph, params):
     return learned, fixed
 
 
-def netspec_grad_fn(graph, dtype):
+def netspec_grad_fn(graph, dtype, precision):
     def objective(learned, fixed, inputs, rng):
         merged = {**learned, **fixed}
         params = {}
         for (layer, i) in sorted(merged, key=lambda k: k[1]):
             params.setdefault(layer, []).append(merged[(layer, i)].astype(dtype))
         data = {"data": inputs["data"].astype(dtype), "label": inputs["label"]}
-        _, loss, _ = compiler.forward(graph, params, {}, data, train=True, rng=rng, keep=())
+        _, loss, _ = compiler.forward(graph, params, {}, data, train=True, rng=rng, keep=(),
+                                      precision=precision)
         return loss
 
     return jax.jit(jax.value_and_grad(objective))
 
 
-def prepare_netspec(graphs, device_args, dtype_name, variant):
+def prepare_netspec(graphs, device_args, dtype_name, variant, precision):
     """Compile netspec's forward and forward+backward; returns (row, {key: call}, score)."""
     use_conv_variant(variant)
     test_graph, train_graph = graphs
     params, learned, fixed, fwd_inputs, train_inputs = device_args
     dtype = DTYPES[dtype_name]
-    row = {"impl": "netspec", "dtype": dtype_name, "conv_grad": variant}
-    row["compile_fwd_s"], forward = compile_jitted(netspec_forward_fn(test_graph, dtype),
-                                                   (params, fwd_inputs))
-    row["compile_fwdbwd_s"], forward_backward = compile_jitted(
-        netspec_grad_fn(train_graph, dtype), (learned, fixed, train_inputs, jax.random.PRNGKey(0)))
+    row = {"impl": "netspec", "dtype": dtype_name, "precision": precision, "conv_grad": variant}
+    with jax.default_matmul_precision(precision):  # the backward pass is traced here too
+        row["compile_fwd_s"], forward = compile_jitted(
+            netspec_forward_fn(test_graph, dtype, precision), (params, fwd_inputs))
+        row["compile_fwdbwd_s"], forward_backward = compile_jitted(
+            netspec_grad_fn(train_graph, dtype, precision),
+            (learned, fixed, train_inputs, jax.random.PRNGKey(0)))
     use_conv_variant("net")
     score = np.asarray(forward(), np.float32)
     return row, {"fwd_s": forward, "fwdbwd_s": forward_backward}, score
@@ -210,8 +219,14 @@ def netspec_setup(deploy, train, size, device):
 # PyTorch eager
 # ---------------------------------------------------------------------------
 
-def prepare_torch(params, size, on_gpu):
-    """PyTorch eager forward and forward+backward calls; returns (row, {key: call}, score)."""
+def _torch_tf32(torch, allow):
+    torch.backends.cudnn.allow_tf32 = allow
+    torch.backends.cuda.matmul.allow_tf32 = allow
+
+
+def prepare_torch(params, size, on_gpu, kind="fp32"):
+    """PyTorch eager forward and forward+backward calls; returns (row, {key: call}, score).
+    ``kind``: "fp32" (TF32 off) or "tf32" (TF32 on, cuDNN's default; GPU only)."""
     import torch
     import torch_fcn8s
     device = "cuda" if on_gpu else "cpu"
@@ -224,17 +239,19 @@ def prepare_torch(params, size, on_gpu):
     learned = [t for v in p.values() for t in v if t.requires_grad]
 
     def forward():
+        _torch_tf32(torch, kind == "tf32")  # set per call: the rows take turns
         with torch.no_grad():
             out = torch_fcn8s.forward(p, x)
         sync()
         return out
 
     def forward_backward():
+        _torch_tf32(torch, kind == "tf32")
         grads = torch.autograd.grad(torch_fcn8s.loss(p, x, y), learned)
         sync()
         return grads
 
-    row = {"impl": "pytorch-eager", "dtype": "fp32", "conv_grad": "-",
+    row = {"impl": "pytorch-eager", "dtype": kind, "precision": "-", "conv_grad": "-",
            "threads": torch.get_num_threads(), "version": torch.__version__}
     return row, {"fwd_s": forward, "fwdbwd_s": forward_backward}, forward().cpu().numpy()
 
@@ -268,17 +285,18 @@ def _fmt(value):
 
 def print_table(rows):
     keys = ["compile_fwd_s", "compile_fwdbwd_s", "fwd_s", "fwd_min_s", "fwdbwd_s", "fwdbwd_min_s"]
-    print(f"{'impl':<14}{'dtype':<6}{'conv':<6}" + "".join(f"{k:>17}" for k in keys))
+    print(f"{'impl':<14}{'dtype':<6}{'precision':<14}{'conv':<6}"
+          + "".join(f"{k:>17}" for k in keys))
     for r in rows:
-        print(f"{r['impl']:<14}{r['dtype']:<6}{r['conv_grad']:<6}"
+        print(f"{r['impl']:<14}{r['dtype']:<6}{r['precision']:<14}{r['conv_grad']:<6}"
               + "".join(f"{_fmt(r.get(k)):>17}" for k in keys))
-    peer = next((r for r in rows if r["impl"] == "pytorch-eager"), None)
-    if peer:
-        for r in rows:
-            if r is not peer:
-                print(f"netspec {r['dtype']}/{r['conv_grad']} vs PyTorch eager: forward "
-                      f"{peer['fwd_s'] / r['fwd_s']:.2f}x, forward+backward "
-                      f"{peer['fwdbwd_s'] / r['fwdbwd_s']:.2f}x (medians; >1: netspec faster)")
+    peers = {r["dtype"]: r for r in rows if r["impl"] == "pytorch-eager"}
+    for r in rows:
+        peer = peers.get(PRECISIONS.get(r["precision"]))
+        if r["impl"] == "netspec" and peer:
+            print(f"netspec {r['dtype']}/{r['precision']}/{r['conv_grad']} vs PyTorch eager "
+                  f"{peer['dtype']}: forward {peer['fwd_s'] / r['fwd_s']:.2f}x, forward+backward "
+                  f"{peer['fwdbwd_s'] / r['fwdbwd_s']:.2f}x (medians; >1: netspec faster)")
 
 
 def main(argv=None):
@@ -287,9 +305,13 @@ def main(argv=None):
     ap.add_argument("--dtype", default="fp32", help="comma list of fp32, bf16")
     ap.add_argument("--runs", type=int, default=3, help="timed calls per measurement (median)")
     ap.add_argument("--size", type=int, default=500, help="input height and width")
-    ap.add_argument("--conv-grad", default=None,
-                    help="comma list of net (the layer library as is), gemm (conv_grad's GEMM "
-                         "weight gradient); default: net,gemm")
+    ap.add_argument("--conv-grad", default="net",
+                    help="comma list of net (the layer library as is: conv_grad's GEMMs), xla "
+                         "(plain XLA convolutions, for comparison); default: net")
+    ap.add_argument("--precision", default="highest",
+                    help="comma list of highest (full float32; PyTorch row fp32, TF32 off), "
+                         "tensorfloat32 (TF32 on GPUs; PyTorch row tf32); bf16 rows use the "
+                         "first; default: highest")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
@@ -297,11 +319,20 @@ def main(argv=None):
     jax.config.update("jax_default_matmul_precision", "highest")
     device = jax.devices(args.device)[0]
     on_gpu = args.device == "gpu"
-    variants = (args.conv_grad or "net,gemm").split(",")
+    variants = args.conv_grad.split(",")
     dtypes = args.dtype.split(",")
+    precisions = args.precision.split(",")
     for name in dtypes:
         if name not in DTYPES:
             ap.error(f"--dtype {name}: use fp32 or bf16")
+    for name in variants:
+        if name not in ("net", "xla"):
+            ap.error(f"--conv-grad {name}: use net or xla")
+    for name in precisions:
+        if name not in PRECISIONS:
+            ap.error(f"--precision {name}: use highest or tensorfloat32")
+    if not on_gpu and "tensorfloat32" in precisions:
+        print("note: TF32 exists only on GPUs; on CPU every row computes in float32")
 
     info = machine_info(device)
     print(json.dumps(info))
@@ -310,21 +341,25 @@ def main(argv=None):
         deploy, train = write_nets(args.size, workdir)
         graphs, params, device_args = netspec_setup(deploy, train, args.size, device)
     for dtype_name in dtypes:
-        for variant in variants:
-            row, calls, score = prepare_netspec(graphs, device_args, dtype_name, variant)
-            rows.append(row)
-            measurements += [(row, key, call) for key, call in calls.items()]
-            if dtype_name == "fp32":
-                scores["netspec"] = score
-            print(json.dumps(row), flush=True)
+        for precision in (precisions if dtype_name == "fp32" else precisions[:1]):
+            for variant in variants:
+                row, calls, score = prepare_netspec(graphs, device_args, dtype_name, variant,
+                                                    precision)
+                rows.append(row)
+                measurements += [(row, key, call) for key, call in calls.items()]
+                if dtype_name == "fp32":
+                    scores.setdefault(PRECISIONS[precision], score)
+                print(json.dumps(row), flush=True)
     if not args.no_torch and torch_available(on_gpu):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        row, calls, torch_score = prepare_torch(params, args.size, on_gpu)
-        if "netspec" in scores:
-            row["score_max_abs_diff"] = float(np.abs(scores["netspec"] - torch_score).max())
-            row["score_max_abs"] = float(np.abs(torch_score).max())
-        rows.append(row)
-        measurements += [(row, key, call) for key, call in calls.items()]
+        labels = sorted({PRECISIONS[p] for p in precisions}) if on_gpu else ["fp32"]
+        for label in labels:
+            row, calls, torch_score = prepare_torch(params, args.size, on_gpu, label)
+            if label in scores:
+                row["score_max_abs_diff"] = float(np.abs(scores[label] - torch_score).max())
+                row["score_max_abs"] = float(np.abs(torch_score).max())
+            rows.append(row)
+            measurements += [(row, key, call) for key, call in calls.items()]
     time_interleaved(measurements, args.runs)
     for row in rows:
         print(json.dumps(row), flush=True)

@@ -97,6 +97,39 @@ def test_weight_grad_gemm_directly():
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, None])
+@pytest.mark.parametrize("case", CASES)
+def test_weight_grad_blocked_matches_naive(case, rows):
+    """Blocks of 1-3 output rows (some blocks run past the last row) and the default."""
+    n, h, w_, c, o, kernel, stride, pad, dilation = case
+    rs = np.random.RandomState(sum(case[:5]) + 1)
+    x = _random((n, h, w_, c), rs)
+    out_shape = _reference(x, jnp.zeros(kernel + (c, o)), stride, pad, dilation).shape
+    g = _random(out_shape, rs)
+    blocked = jax.jit(lambda x, g: conv_grad.weight_grad_blocked(x, g, kernel, stride, pad,
+                                                                 dilation, rows=rows))
+    np.testing.assert_allclose(blocked(x, g), _naive_weight_grad(x, g, kernel, stride, pad, dilation),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_block_rows_bounds_the_patch_block():
+    rows = conv_grad.block_rows(1, 698, 9 * 64)
+    assert rows * 698 * 9 * 64 <= conv_grad.BLOCK_PATCH_ELEMENTS < (rows + 1) * 698 * 9 * 64
+    assert conv_grad.block_rows(4, 10_000, 9 * 512) == 1  # at least one row
+
+
+def test_cpu_weight_grad_for_few_and_many_channels():
+    """Below and at MIN_BLOCKED_CHANNELS (kernel-row GEMMs, blocked GEMMs): the naive sum."""
+    rs = np.random.RandomState(11)
+    pad = ((1, 1), (1, 1))
+    for c in (3, conv_grad.MIN_BLOCKED_CHANNELS):
+        x = _random((1, 6, 5, c), rs)
+        g = _random((1, 6, 5, 4), rs)
+        dw = conv_grad.weight_grad_cpu(x, g, (3, 3), (1, 1), pad, (1, 1))
+        np.testing.assert_allclose(dw, _naive_weight_grad(x, g, (3, 3), (1, 1), pad, (1, 1)),
+                                   rtol=1e-5, atol=1e-4)
+
+
 def test_other_layouts_and_groups_fall_back_to_lax():
     rs = np.random.RandomState(5)
     x = _random((1, 6, 7, 4), rs)

@@ -20,6 +20,7 @@ goes through ``conv_general_dilated`` unchanged to ``lax.conv_general_dilated``.
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
@@ -57,7 +58,8 @@ def _shifted_view(xp, i, j, strides, dilation, out_hw):
 
 
 def weight_grad_gemm(x, g, kernel_hw, strides, padding, dilation):
-    """d(loss)/d(kernel) as kernel-row GEMMs; x (N, H, W, C), g (N, OH, OW, O)."""
+    """d(loss)/d(kernel) as kernel-row GEMMs over the whole map; x (N, H, W, C),
+    g (N, OH, OW, O).  Kept for few-channel inputs (conv1_1's C=3)."""
     kh, kw = kernel_hw
     c, o = x.shape[-1], g.shape[-1]
     xp = _pad_hw(x, padding)
@@ -68,9 +70,68 @@ def weight_grad_gemm(x, g, kernel_hw, strides, padding, dilation):
         views = [_shifted_view(xp, i, j, strides, dilation, out_hw) for j in range(kw)]
         patches = lax.concatenate(views, 3).reshape(-1, kw * c)
         row = lax.dot_general(patches, dy, (((0,), (0,)), ((), ())),
-                              precision=lax.Precision.HIGHEST)
+                              precision=lax.Precision.HIGHEST,
+                              preferred_element_type=jnp.float32)
         rows.append(row.reshape(kw, c, o))
     return lax.concatenate([r[None] for r in rows], 0)
+
+
+# Patch-matrix elements per block of output rows (3.2 MB of float32): small enough to
+# stay in cache between being written and being read by the GEMM.  Measured on FCN-8s's
+# VGG layers (2-core EPYC), where 2 rows of conv1_2 (698 wide, 9*64 patch columns) or
+# 2 rows of conv2_2 are this size; 1-4x this made no clear difference.
+BLOCK_PATCH_ELEMENTS = 800_000
+
+
+def block_rows(n, out_w, kernel_elems):
+    """Output rows per block so that the block's (n*rows*OW, KH*KW*C) patches have about
+    BLOCK_PATCH_ELEMENTS elements (at least one row)."""
+    return max(1, BLOCK_PATCH_ELEMENTS // (n * out_w * kernel_elems))
+
+
+def weight_grad_blocked(x, g, kernel_hw, strides, padding, dilation, rows=None):
+    """d(loss)/d(kernel) as a loop over blocks of ``rows`` output rows, each one im2col
+    GEMM ``P_b^T @ dY_b`` with P_b (N*rows*OW, KH*KW*C), accumulated in float32.
+
+    The whole-map patch matrices of the kernel-row GEMMs are 3x-9x the input and go
+    through main memory; a block's patches are written and read while in cache.
+    """
+    kh, kw = kernel_hw
+    n, oh, ow, o = g.shape
+    c = x.shape[-1]
+    rows = min(oh, rows or block_rows(n, ow, kh * kw * c))
+    blocks = -(-oh // rows)
+    g = _pad_hw(g, ((0, blocks * rows - oh), (0, 0)))  # zero rows add nothing
+    in_rows = (rows - 1) * strides[0] + (kh - 1) * dilation[0] + 1
+    xp = _pad_hw(x, padding)
+    needed = (blocks - 1) * rows * strides[0] + in_rows
+    if xp.shape[1] < needed:
+        xp = _pad_hw(xp, ((0, needed - xp.shape[1]), (0, 0)))
+
+    def add_block(b, total):
+        xb = lax.dynamic_slice_in_dim(xp, b * rows * strides[0], in_rows, 1)
+        gb = lax.dynamic_slice_in_dim(g, b * rows, rows, 1).reshape(-1, o)
+        views = [_shifted_view(xb, i, j, strides, dilation, (rows, ow))
+                 for i in range(kh) for j in range(kw)]
+        patches = lax.concatenate(views, 3).reshape(-1, kh * kw * c)
+        return total + lax.dot_general(patches, gb, (((0,), (0,)), ((), ())),
+                                       precision=lax.Precision.HIGHEST,
+                                       preferred_element_type=jnp.float32)
+
+    total = lax.fori_loop(0, blocks, add_block, jnp.zeros((kh * kw * c, o), jnp.float32))
+    return total.reshape(kh, kw, c, o)
+
+
+# Below this many input channels the blocked GEMM's patch columns (KH*KW*C) are too
+# few for the GEMM to run well and the kernel-row GEMMs are as fast (conv1_1: C=3).
+MIN_BLOCKED_CHANNELS = 16
+
+
+def weight_grad_cpu(x, g, kernel_hw, strides, padding, dilation):
+    """The CPU weight gradient: blocked im2col GEMMs, or kernel-row GEMMs for few channels."""
+    if x.shape[-1] < MIN_BLOCKED_CHANNELS:
+        return weight_grad_gemm(x, g, kernel_hw, strides, padding, dilation)
+    return weight_grad_blocked(x, g, kernel_hw, strides, padding, dilation)
 
 
 def _weight_grad_xla(x, kernel, g, strides, padding, dilation):
@@ -84,7 +145,7 @@ def _conv_bwd(strides, padding, dilation, residuals, g):
     dx = data_pullback(g)[0]
 
     def on_cpu(x, kernel, g):
-        dw = weight_grad_gemm(x, g, kernel.shape[:2], strides, padding, dilation)
+        dw = weight_grad_cpu(x, g, kernel.shape[:2], strides, padding, dilation)
         return dw.astype(kernel.dtype)
 
     def elsewhere(x, kernel, g):
@@ -110,8 +171,8 @@ def conv2d_im2col(x, kernel, strides, padding, dilation):
     else:
         patches = jax.numpy.stack(views, axis=-1).reshape(-1, c * kh * kw)  # (C, KH, KW) order
     weight = jax.numpy.transpose(kernel, (3, 2, 0, 1)).reshape(o, c * kh * kw)
-    y = lax.dot_general(patches, weight, (((1,), (1,)), ((), ())),
-                        precision=lax.Precision.HIGHEST)
+    # precision: the caller's (compiler.forward: "highest"), so that a TF32 run is TF32 here too
+    y = lax.dot_general(patches, weight, (((1,), (1,)), ((), ())))
     return y.reshape((x.shape[0],) + out_hw + (o,))
 
 
