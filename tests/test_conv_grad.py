@@ -97,8 +97,16 @@ def test_weight_grad_gemm_directly():
                                rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, None])
-@pytest.mark.parametrize("case", CASES)
+BLOCK_CASES = CASES + [
+    # edge chunks only (pads wider than the map), one interior row, uneven tail
+    (1, 4, 5, 3, 2, (3, 3), (1, 1), ((5, 6), (1, 1)), (1, 1)),
+    (2, 9, 6, 3, 4, (3, 3), (2, 1), ((0, 3), (1, 0)), (1, 1)),
+    (1, 12, 7, 4, 3, (3, 2), (1, 1), ((1, 1), (0, 0)), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("rows", [1, 3, None])
+@pytest.mark.parametrize("case", BLOCK_CASES)
 def test_weight_grad_blocked_matches_naive(case, rows):
     """Blocks of 1-3 output rows (some blocks run past the last row) and the default."""
     n, h, w_, c, o, kernel, stride, pad, dilation = case
@@ -112,10 +120,13 @@ def test_weight_grad_blocked_matches_naive(case, rows):
                                rtol=1e-5, atol=1e-4)
 
 
-def test_block_rows_bounds_the_patch_block():
-    rows = conv_grad.block_rows(1, 698, 9 * 64)
-    assert rows * 698 * 9 * 64 <= conv_grad.BLOCK_PATCH_ELEMENTS < (rows + 1) * 698 * 9 * 64
-    assert conv_grad.block_rows(4, 10_000, 9 * 512) == 1  # at least one row
+def test_block_rows_sizes_the_patch_block():
+    row = 698 * 9 * 64  # patch elements per output row of conv1_2
+    rows = conv_grad.block_rows(1, 698, 9 * 64, 64)
+    assert (rows - 1) * row < conv_grad.BLOCK_PATCH_ELEMENTS <= rows * row
+    rows = conv_grad.block_rows(1, 88, 9 * 512, 512)  # conv4_2: the accumulator decides
+    assert (rows - 1) * 88 < 2 * 512 <= rows * 88
+    assert conv_grad.block_rows(4, 10_000, 9 * 512, 8) == 1  # at least one row
 
 
 def test_cpu_weight_grad_for_few_and_many_channels():

@@ -76,17 +76,44 @@ def weight_grad_gemm(x, g, kernel_hw, strides, padding, dilation):
     return lax.concatenate([r[None] for r in rows], 0)
 
 
-# Patch-matrix elements per block of output rows (3.2 MB of float32): small enough to
+# Patch-matrix elements per block of output rows (4 MB of float32): small enough to
 # stay in cache between being written and being read by the GEMM.  Measured on FCN-8s's
 # VGG layers (2-core EPYC), where 2 rows of conv1_2 (698 wide, 9*64 patch columns) or
-# 2 rows of conv2_2 are this size; 1-4x this made no clear difference.
-BLOCK_PATCH_ELEMENTS = 800_000
+# of conv2_2 are this size; 1-4x this made no clear difference.
+BLOCK_PATCH_ELEMENTS = 1_000_000
 
 
-def block_rows(n, out_w, kernel_elems):
-    """Output rows per block so that the block's (n*rows*OW, KH*KW*C) patches have about
-    BLOCK_PATCH_ELEMENTS elements (at least one row)."""
-    return max(1, BLOCK_PATCH_ELEMENTS // (n * out_w * kernel_elems))
+def block_rows(n, out_w, kernel_elems, out_channels):
+    """Output rows per block: about BLOCK_PATCH_ELEMENTS patch elements, but at least
+    twice the (KH*KW*C, O) accumulator (whose read-add-write every block pays: conv4/5
+    have 2.4M-element accumulators), and at least one row."""
+    target = max(BLOCK_PATCH_ELEMENTS, 2 * kernel_elems * out_channels)
+    return max(1, -(-target // (n * out_w * kernel_elems)))
+
+
+def _slab_weight_grad(slab, g_rows, kernel_hw, strides, dilation, pad_hw):
+    """(KH*KW*C, O) float32 weight-gradient contribution of output rows ``g_rows``
+    (N, r, OW, O) read from the input rows ``slab`` (N, rows, W, C), which
+    ``_pad_hw(slab, pad_hw)`` makes exactly the padded rows those outputs see."""
+    kh, kw = kernel_hw
+    n, r, ow, o = g_rows.shape
+    slab = _pad_hw(slab, pad_hw)
+    views = [_shifted_view(slab, i, j, strides, dilation, (r, ow))
+             for i in range(kh) for j in range(kw)]
+    patches = lax.concatenate(views, 3).reshape(n * r * ow, -1)
+    return lax.dot_general(patches, g_rows.reshape(n * r * ow, o), (((0,), (0,)), ((), ())),
+                           precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+
+
+def _edge_weight_grad(x, g, start, stop, kernel_hw, strides, padding, dilation):
+    """_slab_weight_grad for output rows [start, stop) (static), padding rows as needed."""
+    h, top = x.shape[1], padding[0][0]
+    first = start * strides[0] - top
+    last = first + (stop - start - 1) * strides[0] + (kernel_hw[0] - 1) * dilation[0] + 1
+    slab = x[:, max(first, 0):min(last, h)]
+    pad_h = (max(-first, 0), max(last - h, 0))
+    return _slab_weight_grad(slab, g[:, start:stop], kernel_hw, strides, dilation,
+                             (pad_h, padding[1]))
 
 
 def weight_grad_blocked(x, g, kernel_hw, strides, padding, dilation, rows=None):
@@ -94,31 +121,36 @@ def weight_grad_blocked(x, g, kernel_hw, strides, padding, dilation, rows=None):
     GEMM ``P_b^T @ dY_b`` with P_b (N*rows*OW, KH*KW*C), accumulated in float32.
 
     The whole-map patch matrices of the kernel-row GEMMs are 3x-9x the input and go
-    through main memory; a block's patches are written and read while in cache.
+    through main memory; a block's patches are written and read while in cache.  The
+    loop runs over the output rows whose input rows lie inside x (no padded copy of x
+    is made); the few rows at the top and bottom edges are two separate GEMMs.
+    Padding amounts must be >= 0.
     """
     kh, kw = kernel_hw
     n, oh, ow, o = g.shape
-    c = x.shape[-1]
-    rows = min(oh, rows or block_rows(n, ow, kh * kw * c))
-    blocks = -(-oh // rows)
-    g = _pad_hw(g, ((0, blocks * rows - oh), (0, 0)))  # zero rows add nothing
-    in_rows = (rows - 1) * strides[0] + (kh - 1) * dilation[0] + 1
-    xp = _pad_hw(x, padding)
-    needed = (blocks - 1) * rows * strides[0] + in_rows
-    if xp.shape[1] < needed:
-        xp = _pad_hw(xp, ((0, needed - xp.shape[1]), (0, 0)))
+    h, c = x.shape[1], x.shape[-1]
+    rows = min(oh, rows or block_rows(n, ow, kh * kw * c, o))
+    top, span = padding[0][0], (kh - 1) * dilation[0] + 1
+    inner_lo = min(oh, -(-top // strides[0]))  # first output row not reading the top pad
+    inner_hi = max(inner_lo, min(oh, (h - span + top) // strides[0] + 1))
+    blocks = (inner_hi - inner_lo) // rows
+    in_rows = (rows - 1) * strides[0] + span
+    edge = lambda a, b: _edge_weight_grad(x, g, a, b, kernel_hw, strides, padding, dilation)
+    total = jnp.zeros((kh * kw * c, o), jnp.float32)
+    if inner_lo > 0:
+        total = total + edge(0, inner_lo)
+    if inner_lo + blocks * rows < oh:
+        total = total + edge(inner_lo + blocks * rows, oh)
 
     def add_block(b, total):
-        xb = lax.dynamic_slice_in_dim(xp, b * rows * strides[0], in_rows, 1)
-        gb = lax.dynamic_slice_in_dim(g, b * rows, rows, 1).reshape(-1, o)
-        views = [_shifted_view(xb, i, j, strides, dilation, (rows, ow))
-                 for i in range(kh) for j in range(kw)]
-        patches = lax.concatenate(views, 3).reshape(-1, kh * kw * c)
-        return total + lax.dot_general(patches, gb, (((0,), (0,)), ((), ())),
-                                       precision=lax.Precision.HIGHEST,
-                                       preferred_element_type=jnp.float32)
+        out_row = inner_lo + b * rows
+        slab = lax.dynamic_slice_in_dim(x, out_row * strides[0] - top, in_rows, 1)
+        g_rows = lax.dynamic_slice_in_dim(g, out_row, rows, 1)
+        return total + _slab_weight_grad(slab, g_rows, kernel_hw, strides, dilation,
+                                         ((0, 0), padding[1]))
 
-    total = lax.fori_loop(0, blocks, add_block, jnp.zeros((kh * kw * c, o), jnp.float32))
+    if blocks:
+        total = lax.fori_loop(0, blocks, add_block, total)
     return total.reshape(kh, kw, c, o)
 
 
@@ -128,8 +160,9 @@ MIN_BLOCKED_CHANNELS = 16
 
 
 def weight_grad_cpu(x, g, kernel_hw, strides, padding, dilation):
-    """The CPU weight gradient: blocked im2col GEMMs, or kernel-row GEMMs for few channels."""
-    if x.shape[-1] < MIN_BLOCKED_CHANNELS:
+    """The CPU weight gradient: blocked im2col GEMMs, or kernel-row GEMMs for few channels
+    (and negative padding, i.e. cropping)."""
+    if x.shape[-1] < MIN_BLOCKED_CHANNELS or min(min(p) for p in padding) < 0:
         return weight_grad_gemm(x, g, kernel_hw, strides, padding, dilation)
     return weight_grad_blocked(x, g, kernel_hw, strides, padding, dilation)
 
