@@ -172,3 +172,26 @@ def test_bfloat16_gradient_dtype_and_value():
     g = np.ones((1, 8, 8, 4), np.float32)
     want = _naive_weight_grad(np.asarray(x, np.float32), g, (3, 3), (1, 1), pad, (1, 1))
     np.testing.assert_allclose(np.asarray(dw, np.float32), want, rtol=2e-2, atol=0.5)
+
+
+def test_off_the_cpu_every_path_is_xla_convolution(monkeypatch):
+    """On a GPU (runs_on_cpu() false) no GEMM path is traced: XLA's convolution and its own gradient."""
+    monkeypatch.setattr(conv_grad, "runs_on_cpu", lambda: False)
+    rs = np.random.RandomState(3)
+    for kernel_hw, spatial in (((1, 1), 6), ((3, 3), 9)):          # im2col-sized, then weight-grad path
+        x = jnp.asarray(rs.randn(1, spatial, spatial, 4), jnp.float32)
+        k = jnp.asarray(rs.randn(*kernel_hw, 4, 5), jnp.float32)
+
+        def ours(x, k):
+            return jnp.sum(conv_grad.conv_general_dilated(x, k, (1, 1), [(1, 1), (1, 1)],
+                                                          dimension_numbers=conv_grad.NHWC_HWIO) ** 2)
+
+        def plain(x, k):
+            return jnp.sum(lax.conv_general_dilated(x, k, (1, 1), [(1, 1), (1, 1)],
+                                                    dimension_numbers=conv_grad.NHWC_HWIO) ** 2)
+        jaxpr = str(jax.make_jaxpr(jax.grad(ours, argnums=(0, 1)))(x, k))
+        assert "dot_general" not in jaxpr and "conv_general_dilated" in jaxpr
+        for a, b in zip(jax.grad(ours, argnums=(0, 1))(x, k), jax.grad(plain, argnums=(0, 1))(x, k)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    monkeypatch.undo()
+    assert conv_grad.runs_on_cpu()          # this machine

@@ -5,8 +5,8 @@ the forward pass.  Here the weight gradient is instead, for each kernel row ``i`
 one GEMM ``X_i^T @ dY`` where ``X_i`` gathers the ``kw`` shifted views of the padded
 input side by side along channels: ``(N*OH*OW, kw*C)^T @ (N*OH*OW, O)``.  Those
 are the products the CPU matmul kernels run near peak.  The forward pass and the
-data gradient stay XLA's own convolutions.  On other platforms (GPU) the weight
-gradient is XLA's too (``lax.platform_dependent``).
+data gradient stay XLA's own convolutions.  On other platforms (GPU) everything is
+XLA's own convolution (see ``runs_on_cpu``).
 
 Convolutions whose patch matrix is no bigger than their kernel (1x1 convolutions,
 FCN's fc6 7x7x512x4096 on a 22x22 map) run as one im2col GEMM instead, forward and
@@ -167,6 +167,16 @@ def weight_grad_cpu(x, g, kernel_hw, strides, padding, dilation):
     return weight_grad_blocked(x, g, kernel_hw, strides, padding, dilation)
 
 
+def runs_on_cpu():
+    """Whether traced code will run on the CPU: the default device's platform (as
+    ``netspec.set_mode_cpu/gpu`` set it) or else JAX's default backend.  Chosen at trace
+    time rather than with ``lax.platform_dependent``, which lowers (and on a GPU
+    autotunes) the CPU branches too: FCN-8s took 8-20 s instead of 1 s to compile."""
+    device = jax.config.jax_default_device
+    platform = getattr(device, "platform", device) if device is not None else jax.default_backend()
+    return platform == "cpu"
+
+
 def _weight_grad_xla(x, kernel, g, strides, padding, dilation):
     _, pullback = jax.vjp(lambda k: _xla_conv(x, k, strides, padding, dilation), kernel)
     return pullback(g)[0]
@@ -184,7 +194,7 @@ def _conv_bwd(strides, padding, dilation, residuals, g):
     def elsewhere(x, kernel, g):
         return _weight_grad_xla(x, kernel, g, strides, padding, dilation)
 
-    dw = lax.platform_dependent(x, kernel, g, cpu=on_cpu, default=elsewhere)
+    dw = (on_cpu if runs_on_cpu() else elsewhere)(x, kernel, g)
     return dx, dw
 
 
@@ -227,7 +237,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """``lax.conv_general_dilated`` computed with GEMMs where it applies: 2-D, NHWC
     activations, HWIO kernel, one group, explicit padding, no lhs dilation.  Small
     outputs: im2col GEMM (``conv2d_im2col``); others: XLA's convolution with the GEMM
-    weight gradient (``conv2d_nhwc``)."""
+    weight gradient (``conv2d_nhwc``).  Off the CPU both are XLA's own convolution."""
     dilation = tuple(rhs_dilation) if rhs_dilation is not None else (1, 1)
     applies = (lhs.ndim == 4 and dimension_numbers == NHWC_HWIO and feature_group_count == 1
                and lhs_dilation in (None, (1, 1), [1, 1]) and not isinstance(padding, str)
@@ -239,5 +249,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         feature_group_count=feature_group_count, **kwargs)
     strides, padding = tuple(int(s) for s in window_strides), _pairs(padding)
     if _patches_fit_kernel(lhs, rhs, strides, padding, dilation):
-        return conv2d_im2col(lhs, rhs, strides, padding, dilation)
+        # a win on the CPU only: on a GPU, XLA's convolution is about as fast and
+        # compiles in a second instead of autotuning the im2col GEMMs
+        if runs_on_cpu():
+            return conv2d_im2col(lhs, rhs, strides, padding, dilation)
+        return _xla_conv(lhs, rhs, strides, padding, dilation)
     return conv2d_nhwc(lhs, rhs, strides, padding, dilation)
