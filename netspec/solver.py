@@ -129,17 +129,16 @@ class Solver:
                 self.net.copy_from(_resolve(p, base))
 
     # -- nets ---------------------------------------------------------------
-    def _net_source(self, which):
+    def _train_net_source(self):
+        """The train net as Caffe's ``Solver::InitTrainNet`` finds it: exactly one of four fields."""
         p = self.param
-        if which == "train":
-            given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
-            if len(given) != 1:
-                raise NetspecError(f"{self.path}: specify exactly one of net, net_param, train_net, "
-                                   f"train_net_param (found {', '.join(given) or 'none'})")
-            field = given[0]
-            value = getattr(p, field)
-            return value if field.endswith("_param") else self._net_file(field, value)
-        raise ValueError(which)
+        given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+        if len(given) != 1:
+            raise NetspecError(f"{self.path}: specify exactly one of net, net_param, train_net, "
+                               f"train_net_param (found {', '.join(given) or 'none'})")
+        field = given[0]
+        value = getattr(p, field)
+        return value if field.endswith("_param") else self._net_file(field, value)
 
     def _net_file(self, field, value):
         path = _resolve(value, self._base)
@@ -149,7 +148,7 @@ class Solver:
 
     def _make_train_net(self, seed):
         s = self.param.train_state
-        return Net(self._net_source("train"), phase=TRAIN, level=s.level, stages=tuple(s.stage),
+        return Net(self._train_net_source(), phase=TRAIN, level=s.level, stages=tuple(s.stage),
                    python_path=self.python_path, seed=seed)
 
     def _make_test_nets(self, seed):
@@ -165,8 +164,6 @@ class Solver:
                                    "(add test_net, or use net: for both phases)")
             raise NetspecError(f"{self.path}: test_iter must be given once per test net "
                                f"({len(sources)} test nets, {len(p.test_iter)} test_iter values)")
-        if sources and p.test_interval <= 0 and p.test_iter:
-            pass  # Caffe allows it; the nets are only run by test_all()
         if p.test_state and len(p.test_state) != len(sources):
             raise NetspecError(f"{self.path}: test_state must be given once per test net")
         nets = []
