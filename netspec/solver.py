@@ -252,7 +252,7 @@ class Solver:
         return batches
 
     def _run_iteration(self, params, state, batches, rng):
-        """One Caffe iteration on device; returns (params, state, loss, outputs)."""
+        """One Caffe iteration on device; returns (params, state, loss, outputs, graph)."""
         net = self.net
         shapes = [{k: v.shape for k, v in b.items()} for b in batches]
         same = all(s == shapes[0] for s in shapes)
