@@ -183,6 +183,22 @@ class Net:
     def graph(self):
         return self._graph
 
+    @property
+    def name(self):
+        return self._net_param.name
+
+    def graph_for(self, input_shapes):
+        """The checked graph for these input blob shapes (built once per shape set, then cached)."""
+        return self._build(dict(input_shapes))
+
+    def next_inputs(self):
+        """Run the host data layers once; a copy of every input blob's data, ``{name: array}``.
+
+        This is what one training pass feeds the jitted step (the solver calls it while
+        the device still works on the previous pass)."""
+        self._run_host_data_layers()
+        return {name: np.array(self.blobs[name].data) for name in self._graph.inputs}
+
     # -- the pure view ------------------------------------------------------
     def param_tree(self):
         """Learned blobs as ``{owner_layer: [array, ...]}`` (Caffe shapes), for the pure API."""

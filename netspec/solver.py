@@ -244,19 +244,14 @@ class Solver:
 
     def _next_batches(self):
         """Run the host data layers ``iter_size`` times; the input values of each pass."""
-        net = self.net
-        batches = []
-        for _ in range(max(1, int(self.param.iter_size))):
-            net._run_host_data_layers()
-            batches.append({name: np.array(net.blobs[name].data) for name in net._graph.inputs})
-        return batches
+        return [self.net.next_inputs() for _ in range(max(1, int(self.param.iter_size)))]
 
     def _run_iteration(self, params, state, batches, rng):
         """One Caffe iteration on device; returns (params, state, loss, outputs, graph)."""
         net = self.net
         shapes = [{k: v.shape for k, v in b.items()} for b in batches]
         same = all(s == shapes[0] for s in shapes)
-        graph = net._build(shapes[0])
+        graph = net.graph_for(shapes[0])
         if same:
             stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
             step = self._train_step(graph, True)
@@ -266,7 +261,7 @@ class Solver:
         grads = jax.tree.map(jnp.zeros_like, params)
         loss_sum = 0.0
         for i, batch in enumerate(batches):
-            graph = net._build(shapes[i])
+            graph = net.graph_for(shapes[i])
             accumulate, apply = self._train_step(graph, False)
             state, grads, loss, outputs = accumulate(params, state, grads, self._batch_sharded(batch, 0),
                                                      jax.random.fold_in(rng, i))
@@ -329,7 +324,7 @@ class Solver:
         """Train to ``max_iter`` (Caffe's ``Solver::Solve``), optionally resuming a ``.solverstate``."""
         p = self.param
         self.requested_early_exit = False
-        self.log(f"Solving {self.net._net_param.name}")
+        self.log(f"Solving {self.net.name}")
         self.log(f"Learning Rate Policy: {p.lr_policy}")
         if resume_file:
             self.log(f"Restoring previous solver status from {resume_file}")

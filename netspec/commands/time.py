@@ -41,11 +41,10 @@ def run(args):
         raise NetspecError("time: --iterations must be >= 1")
     log = Log()
     net = Net(args.model, phase=TRAIN if args.phase == "TRAIN" else TEST, python_path=args.python_path)
-    net._run_host_data_layers()
+    inputs = {k: jnp.asarray(v) for k, v in net.next_inputs().items()}
     net.reshape()
     graph, train = net.graph, args.phase == "TRAIN"
     params, state = net.param_tree(), net.state_tree()
-    inputs = {k: jnp.asarray(v) for k, v in net._input_values().items()}
     rng = jax.random.PRNGKey(0)
 
     def loss_fn(p):
