@@ -91,3 +91,40 @@ def write_splits(fcn, splits, directory):
     for filename, split in splits.items():
         with open(os.path.join(directory, filename), 'w') as f:
             f.write(prototxt_text(fcn(split)))
+
+
+# --- data layers: the reference datasets, paths relative to a model's directory ---
+
+VOC_MEAN = (104.00699, 116.66877, 122.67892)
+
+
+def voc_data(n, split):
+    """SBD for training, PASCAL VOC 2011 otherwise (paths relative to this directory)."""
+    pydata_params = dict(split=split, mean=VOC_MEAN, seed=1337)
+    if split == 'train':
+        pydata_params['sbdd_dir'] = '../../data/sbdd/dataset'
+        pylayer = 'SBDDSegDataLayer'
+    else:
+        pydata_params['voc_dir'] = '../../data/pascal/VOC2011'
+        pylayer = 'VOCSegDataLayer'
+    n.data, n.label = L.Python(module='voc_layers', layer=pylayer, ntop=2,
+                               param_str=str(pydata_params))
+    return n.data
+
+
+def siftflow_data(n, split):
+    """SIFT Flow images with semantic (sem) and geometric (geo) labels."""
+    n.data, n.sem, n.geo = L.Python(module='siftflow_layers', layer='SIFTFlowSegDataLayer',
+                                    ntop=3, param_str=str(dict(siftflow_dir='../../data/sift-flow',
+                                                               split=split, seed=1337)))
+    return n.data
+
+
+def context_data(n, split):
+    """PASCAL-Context images (VOC2010) and 59-class + background labels."""
+    n.data, n.label = L.Python(module='pascalcontext_layers',
+                               layer='PASCALContextSegDataLayer', ntop=2,
+                               param_str=str(dict(voc_dir='../../data/pascal',
+                                                  context_dir='../../data/pascal-context',
+                                                  split=split, seed=1337)))
+    return n.data

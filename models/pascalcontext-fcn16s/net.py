@@ -15,19 +15,9 @@ except ImportError:  # running from a source checkout: its root is two levels up
 if MODELS not in sys.path:  # for fcn_layers, the helpers the models share
     sys.path.insert(0, MODELS)
 from fcn_layers import (  # noqa: E402
-    fuse_skip, score, softmax_loss, upsample, vgg16_fc7, write_splits)
+    context_data, fuse_skip, score, softmax_loss, upsample, vgg16_fc7, write_splits)
 from netspec.coord_map import crop  # noqa: E402
-from netspec.net_spec import NetSpec, layers as L  # noqa: E402
-
-
-def context_data(n, split):
-    """PASCAL-Context images (VOC2010) and 59-class + background labels."""
-    n.data, n.label = L.Python(module='pascalcontext_layers',
-                               layer='PASCALContextSegDataLayer', ntop=2,
-                               param_str=str(dict(voc_dir='../../data/pascal',
-                                                  context_dir='../../data/pascal-context',
-                                                  split=split, seed=1337)))
-    return n.data
+from netspec.net_spec import NetSpec  # noqa: E402
 
 
 def fcn(split):

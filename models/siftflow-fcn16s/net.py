@@ -16,17 +16,9 @@ except ImportError:  # running from a source checkout: its root is two levels up
 if MODELS not in sys.path:  # for fcn_layers, the helpers the models share
     sys.path.insert(0, MODELS)
 from fcn_layers import (  # noqa: E402
-    fuse_skip, score, softmax_loss, upsample, vgg16_fc7, write_splits)
+    fuse_skip, score, siftflow_data, softmax_loss, upsample, vgg16_fc7, write_splits)
 from netspec.coord_map import crop  # noqa: E402
-from netspec.net_spec import NetSpec, layers as L  # noqa: E402
-
-
-def siftflow_data(n, split):
-    """SIFT Flow images with semantic (sem) and geometric (geo) labels."""
-    n.data, n.sem, n.geo = L.Python(module='siftflow_layers', layer='SIFTFlowSegDataLayer',
-                                    ntop=3, param_str=str(dict(siftflow_dir='../../data/sift-flow',
-                                                               split=split, seed=1337)))
-    return n.data
+from netspec.net_spec import NetSpec  # noqa: E402
 
 
 def fcn(split):

@@ -14,7 +14,7 @@ except ImportError:  # running from a source checkout: its root is two levels up
     sys.path.insert(0, os.path.dirname(MODELS))
 if MODELS not in sys.path:  # for fcn_layers, the helpers the models share
     sys.path.insert(0, MODELS)
-from fcn_layers import max_pool, score, softmax_loss, upsample, write_splits  # noqa: E402
+from fcn_layers import max_pool, score, softmax_loss, upsample, voc_data, write_splits  # noqa: E402
 from netspec.coord_map import crop  # noqa: E402
 from netspec.net_spec import NetSpec, layers as L  # noqa: E402
 
@@ -24,23 +24,6 @@ def conv_relu(bottom, ks, nout, stride=1, pad=0, group=1):
     conv = L.Convolution(bottom, kernel_size=ks, stride=stride, num_output=nout, pad=pad,
                          group=group)
     return conv, L.ReLU(conv, in_place=True)
-
-
-VOC_MEAN = (104.00699, 116.66877, 122.67892)
-
-
-def voc_data(n, split):
-    """SBD for training, PASCAL VOC 2011 otherwise (paths relative to this directory)."""
-    pydata_params = dict(split=split, mean=VOC_MEAN, seed=1337)
-    if split == 'train':
-        pydata_params['sbdd_dir'] = '../../data/sbdd/dataset'
-        pylayer = 'SBDDSegDataLayer'
-    else:
-        pydata_params['voc_dir'] = '../../data/pascal/VOC2011'
-        pylayer = 'VOCSegDataLayer'
-    n.data, n.label = L.Python(module='voc_layers', layer=pylayer, ntop=2,
-                               param_str=str(pydata_params))
-    return n.data
 
 
 def fcn(split):

@@ -14,26 +14,10 @@ except ImportError:  # running from a source checkout: its root is two levels up
     sys.path.insert(0, os.path.dirname(MODELS))
 if MODELS not in sys.path:  # for fcn_layers, the helpers the models share
     sys.path.insert(0, MODELS)
-from fcn_layers import score, softmax_loss, upsample, vgg16_fc7, write_splits  # noqa: E402
+from fcn_layers import (  # noqa: E402
+    score, softmax_loss, upsample, vgg16_fc7, voc_data, write_splits)
 from netspec.coord_map import crop  # noqa: E402
-from netspec.net_spec import NetSpec, layers as L  # noqa: E402
-
-VOC_MEAN = (104.00699, 116.66877, 122.67892)
-
-
-def voc_data(n, split):
-    """SBD for training, PASCAL VOC 2011 otherwise (paths relative to this directory)."""
-    pydata_params = dict(split=split, mean=VOC_MEAN, seed=1337)
-    if split == 'train':
-        pydata_params['sbdd_dir'] = '../../data/sbdd/dataset'
-        pylayer = 'SBDDSegDataLayer'
-    else:
-        pydata_params['voc_dir'] = '../../data/pascal/VOC2011'
-        pylayer = 'VOCSegDataLayer'
-    n.data, n.label = L.Python(module='voc_layers', layer=pylayer, ntop=2,
-                               param_str=str(pydata_params))
-    return n.data
-
+from netspec.net_spec import NetSpec  # noqa: E402
 
 def fcn(split):
     """The net for one data split, as a NetParameter."""
