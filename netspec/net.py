@@ -180,6 +180,11 @@ class Net:
         return weights
 
     @property
+    def loss(self):
+        """The net's loss from the last forward pass: sum over weighted tops of ``loss_weight * sum(top)``."""
+        return sum(w * float(np.sum(self.blobs[t].data)) for t, w in self.blob_loss_weights.items() if w)
+
+    @property
     def graph(self):
         return self._graph
 

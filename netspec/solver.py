@@ -336,10 +336,8 @@ class Solver:
             self.log("Optimization stopped early.")
             return
         if p.display and self.iter % p.display == 0:
-            out = self.net.forward()
-            loss = sum(w * float(np.sum(self.net.blobs[t].data)) for t, w in self.net.blob_loss_weights.items() if w)
-            self.log(f"Iteration {self.iter}, loss = {_g(self._update_smoothed_loss(loss))}")
-            del out
+            self.net.forward()
+            self.log(f"Iteration {self.iter}, loss = {_g(self._update_smoothed_loss(self.net.loss))}")
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         self.log("Optimization Done.")
@@ -396,7 +394,7 @@ class Solver:
             out = net.forward()
             values = {k: np.array(v, np.float64) for k, v in out.items()}
             if p.test_compute_loss:
-                loss += sum(w * float(np.sum(net.blobs[t].data)) for t, w in net.blob_loss_weights.items() if w)
+                loss += net.loss
             sums = values if sums is None else {k: sums[k] + values[k] for k in sums}
             if hist is not None:
                 hist += self._segmentation_hist(net)

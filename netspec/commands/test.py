@@ -27,7 +27,7 @@ def run(args):
     sums, loss = {}, 0.0
     for i in range(args.iterations):
         out = net.forward()
-        loss += sum(w * float(np.sum(net.blobs[t].data)) for t, w in weights.items() if w)
+        loss += net.loss
         for name, value in out.items():
             for k, v in enumerate(np.asarray(value).ravel()):
                 log(f"Batch {i}, {name} = {_g(float(v))}")
