@@ -236,3 +236,29 @@ def test_training_scores_segmentation_at_test_time(tmp_path, monkeypatch):
     assert hist.sum() == 3 * 4 * 4
     assert result["mean_iu"] == pytest.approx(expected["mean_iu"])
     assert f"mean IU = {expected['mean_iu']:.6g}" in stream.getvalue()
+
+
+def test_netspec_test_reports_the_mean_loss_and_outputs(tmp_path, monkeypatch, capsys):
+    from netspec.caffemodel import write_caffemodel
+    (tmp_path / "tiles.py").write_text(SEG_LAYER)
+    (tmp_path / "net.prototxt").write_text(SEG_NET)
+    rs = np.random.RandomState(0)
+    w, b = rs.randn(3, 2, 1, 1).astype(np.float32), rs.randn(3).astype(np.float32)
+    write_caffemodel(str(tmp_path / "w.caffemodel"), None, {"score": [w, b]})
+    monkeypatch.chdir(tmp_path)
+    assert main(["test", "--model", "net.prototxt", "--weights", "w.caffemodel", "--iterations", "2"]) == 0
+    logged = capsys.readouterr().err
+
+    data_rs, losses = np.random.RandomState(5), []       # the data layer's own sequence
+    for _ in range(2):
+        x = data_rs.randn(1, 2, 4, 5)
+        label = data_rs.randint(0, 3, (1, 1, 4, 5))
+        label[..., 0] = 255
+        z = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x) + b[None, :, None, None]
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        valid = label[:, 0] != 255
+        picked = np.take_along_axis(logp, np.where(valid, label[:, 0], 0)[:, None], 1)[:, 0]
+        losses.append(-picked[valid].sum() / valid.sum())          # VALID normalization
+    reported = float(logged.split("Loss: ")[1].split()[0])
+    assert reported == pytest.approx(np.mean(losses), rel=1e-5)
+    assert "Batch 1, loss = " in logged
