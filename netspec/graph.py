@@ -9,7 +9,7 @@ so that a shape that does not fit is reported before anything runs.
 from dataclasses import dataclass, field
 
 from .errors import NetspecError
-from .layers import TRAIN, layer_class
+from .layers.base import TRAIN, count, layer_class
 
 # Layer types whose tops are fed from outside the jitted computation.
 INPUT_TYPES = ("Input",)
@@ -233,7 +233,7 @@ def _assign_params(node, lp, param_owner, param_shapes, param_fillers, learnable
             shared = param_owner[shared_name]
             owner, index, owner_shape = shared["owner"], shared["index"], shared["shape"]
             strict = spec.share_mode == 0
-            if (strict and owner_shape != shape) or (not strict and _count(owner_shape) != _count(shape)):
+            if (strict and owner_shape != shape) or (not strict and count(owner_shape) != count(shape)):
                 raise NetspecError(f'layer "{lp.name}" ({lp.type}): shared param "{shared_name}" has '
                                    f'shape {shape} here but {owner_shape} in layer "{owner}"')
             _share_multiplier(shared, spec, "lr_mult", lp)
@@ -274,13 +274,6 @@ def _share_multiplier(shared, spec, field, lp):
         return
     values[position] = value
     shared[field] = True
-
-
-def _count(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _loss_weights(node, lp):

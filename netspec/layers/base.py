@@ -64,6 +64,14 @@ class LayerContext:
         self.new_state = list(blobs)
 
 
+def count(shape):
+    """Number of elements of a blob of this shape (1 for a 0-axis blob, as Caffe's count())."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
 def channels_last_axis(caffe_axis, ndim):
     """Where Caffe axis ``caffe_axis`` of an ``ndim``-axis blob lives in channels-last storage."""
     if ndim < 3:
@@ -122,6 +130,13 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     # -- helpers ------------------------------------------------------------
+    def canonical_axis(self, axis, ndim, what="axis"):
+        """Caffe's ``CanonicalAxisIndex``: ``axis`` in [-ndim, ndim), negative counting from the end."""
+        if not -ndim <= axis < ndim:
+            raise self.error(f"{what} {axis} is out of range for a bottom with {ndim} axes "
+                             f"(shape {self.bottom_shapes[0] if self.bottom_shapes else ()})")
+        return axis % ndim
+
     def error(self, message):
         """A user-facing error naming this layer."""
         return NetspecError(f'layer "{self.name}" ({self.lp.type}): {message}')

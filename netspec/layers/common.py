@@ -6,30 +6,17 @@ they map Caffe axes to storage axes with ``_storage_axis``.  Eltwise and Split w
 on any layout.  The remaining layers reshape or reduce by Caffe axis and take plain
 NCHW arrays.
 """
-import math
 
 import jax.numpy as jnp
 from jax import lax
 
 from ..proto import caffe_pb2
-from .base import Layer, channels_last_axis, register
+from .base import Layer, channels_last_axis, count, register
 
 P = caffe_pb2
 
 
 # -- helpers -----------------------------------------------------------------
-
-def _canonical_axis(layer, axis, ndim, what="axis"):
-    """Caffe's CanonicalAxisIndex: negative counts from the end; must lie in [-ndim, ndim)."""
-    if not -ndim <= axis < ndim:
-        raise layer.error(f"{what} {axis} is out of range for a bottom with {ndim} axes "
-                          f"(shape {layer.bottom_shapes[0]})")
-    return axis + ndim if axis < 0 else axis
-
-
-def _count(shape):
-    return int(math.prod(shape))
-
 
 def _constant_filler(value):
     filler = P.FillerParameter()
@@ -79,7 +66,7 @@ class BatchNorm(Layer):
         self.fixed_global_stats = p.use_global_stats if p.HasField("use_global_stats") else None
         self.moving_average_fraction = float(p.moving_average_fraction)
         self.eps = float(p.eps)
-        self.count_per_channel = _count(shape) // self.channels
+        self.count_per_channel = count(shape) // self.channels
 
     def state_shapes(self):
         return [(self.channels,), (self.channels,), (1,)]
@@ -139,12 +126,12 @@ class _AxisAffine(Layer):
         ndim = len(shape)
         if len(self.bottom_shapes) == 2:
             operand = self.bottom_shapes[1]
-            self.axis = 0 if len(operand) == 0 else _canonical_axis(self, axis_param, ndim)
+            self.axis = 0 if len(operand) == 0 else self.canonical_axis(axis_param, ndim)
             if tuple(shape[self.axis:self.axis + len(operand)]) != tuple(operand):
                 raise self.error(f"bottom[1] shape {operand} does not match bottom[0] shape "
                                  f"{shape} starting at axis {self.axis}")
             return tuple(operand)
-        self.axis = _canonical_axis(self, axis_param, ndim)
+        self.axis = self.canonical_axis(axis_param, ndim)
         if num_axes_param < -1:
             raise self.error(f"num_axes must be >= -1, got {num_axes_param}")
         if num_axes_param >= 0 and self.axis + num_axes_param > ndim:
@@ -280,7 +267,7 @@ def _legacy_axis(layer, param, legacy_field, ndim):
             raise layer.error(f"{legacy_field} {value} is out of range for shape "
                               f"{layer.bottom_shapes[0]}")
         return value
-    return _canonical_axis(layer, param.axis, ndim)
+    return layer.canonical_axis(param.axis, ndim)
 
 
 @register("Concat")
@@ -390,12 +377,12 @@ class Flatten(Layer):
     def setup(self):
         shape = self.bottom_shapes[0]
         p = self.lp.flatten_param
-        start = _canonical_axis(self, p.axis, len(shape))
-        end = _canonical_axis(self, p.end_axis, len(shape), "end_axis")
+        start = self.canonical_axis(p.axis, len(shape))
+        end = self.canonical_axis(p.end_axis, len(shape), "end_axis")
         if end < start:
             raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis} "
                              f"for shape {shape}")
-        self.top_shape = shape[:start] + (_count(shape[start:end + 1]),) + shape[end + 1:]
+        self.top_shape = shape[:start] + (count(shape[start:end + 1]),) + shape[end + 1:]
 
     def top_shapes(self):
         return [self.top_shape]
@@ -439,15 +426,15 @@ class Reshape(Layer):
             else:
                 middle.append(d)
         top = list(shape[:start]) + middle + list(shape[end:])
-        total = _count(shape)
+        total = count(shape)
         if -1 in top:
-            known = _count(d for d in top if d != -1)
+            known = count(d for d in top if d != -1)
             if known == 0 or total % known:
                 raise self.error(f"cannot infer the -1 dimension of {dims}: bottom shape "
                                  f"{shape} has {total} elements")
             top[top.index(-1)] = total // known
-        if _count(top) != total:
-            raise self.error(f"top shape {tuple(top)} has {_count(top)} elements but bottom "
+        if count(top) != total:
+            raise self.error(f"top shape {tuple(top)} has {count(top)} elements but bottom "
                              f"shape {shape} has {total}")
         self.top_shape = tuple(top)
 
@@ -466,7 +453,7 @@ class Tile(Layer):
     def setup(self):
         shape = self.bottom_shapes[0]
         p = self.lp.tile_param
-        self.axis = _canonical_axis(self, p.axis, len(shape))
+        self.axis = self.canonical_axis(p.axis, len(shape))
         if not p.HasField("tiles") or p.tiles < 1:
             raise self.error("tile_param.tiles must be given and positive")
         self.tiles = int(p.tiles)
@@ -493,11 +480,11 @@ class Reduction(Layer):
     def setup(self):
         shape = self.bottom_shapes[0]
         p = self.lp.reduction_param
-        self.axis = _canonical_axis(self, p.axis, len(shape))
+        self.axis = self.canonical_axis(p.axis, len(shape))
         self.operation = p.operation
         coeff = float(p.coeff)
         if self.operation == P.ReductionParameter.MEAN:
-            coeff /= _count(shape[self.axis:])
+            coeff /= count(shape[self.axis:])
         self.coeff = coeff
 
     def top_shapes(self):
@@ -532,13 +519,13 @@ class ArgMax(Layer):
         p = self.lp.argmax_param
         self.out_max_val = bool(p.out_max_val)
         self.top_k = int(p.top_k)
-        self.axis = _canonical_axis(self, p.axis, len(shape)) if p.HasField("axis") else None
+        self.axis = self.canonical_axis(p.axis, len(shape)) if p.HasField("axis") else None
         if self.axis is not None:
             span = shape[self.axis]
         else:
             if len(shape) < 1:
                 raise self.error("bottom must have at least one axis")
-            span = _count(shape[1:])
+            span = count(shape[1:])
         if not 1 <= self.top_k <= span:
             raise self.error(f"top_k {self.top_k} must be between 1 and {span} "
                              f"for bottom shape {shape}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import NetspecError
 from ..proto import caffe_pb2
-from .base import Layer, channels_last_axis, register
+from .base import Layer, channels_last_axis, count, register
 
 FLT_MIN = float(np.finfo(np.float32).tiny)   # Caffe's floor under softmax probabilities
 LOG_THRESHOLD = 1e-20                         # Caffe's kLOG_THRESHOLD (MultinomialLogistic, Infogain)
@@ -28,16 +28,16 @@ _NORM = caffe_pb2.LossParameter
 
 # -- shared helpers -----------------------------------------------------------
 
-def _count(shape):
-    return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
-
-
-def _canonical_axis(layer, axis, ndim):
-    """Caffe's CanonicalAxisIndex: negative axes count from the end."""
-    if not -ndim <= axis < ndim:
-        raise layer.error(f"axis {axis} is out of range for a bottom with {ndim} axes "
-                          f"(shape {layer.bottom_shapes[0]})")
-    return axis % ndim
+def _one_label_per_prediction(layer, scores, labels, axis_name):
+    """(outer, inner) counts around ``layer.axis``; the labels must hold one per prediction."""
+    outer, inner = count(scores[:layer.axis]), count(scores[layer.axis + 1:])
+    _check_same_num(layer)
+    if outer * inner != count(labels):
+        raise layer.error(
+            f"label count must equal the number of predictions: scores {scores} with "
+            f"{axis_name} {layer.axis} need {outer * inner} labels, "
+            f"label shape {labels} has {count(labels)}")
+    return outer, inner
 
 
 def _storage_order(ndim, channels_last):
@@ -138,7 +138,7 @@ class Softmax(Layer):
 
     def setup(self):
         shape = self.bottom_shapes[0]
-        self.axis = _canonical_axis(self, self.lp.softmax_param.axis, len(shape))
+        self.axis = self.canonical_axis(self.lp.softmax_param.axis, len(shape))
 
     def forward(self, ctx, params, bottoms):
         x = bottoms[0]
@@ -195,15 +195,8 @@ class SoftmaxWithLoss(_LossLayer):
 
     def setup(self):
         scores, labels = self.bottom_shapes
-        self.axis = _canonical_axis(self, self.lp.softmax_param.axis, len(scores))
-        self.outer = _count(scores[:self.axis])
-        self.inner = _count(scores[self.axis + 1:])
-        _check_same_num(self)
-        if self.outer * self.inner != _count(labels):
-            raise self.error(
-                f"label count must equal the number of predictions: scores {scores} with "
-                f"softmax axis {self.axis} need {self.outer * self.inner} labels, "
-                f"label shape {labels} has {_count(labels)}")
+        self.axis = self.canonical_axis(self.lp.softmax_param.axis, len(scores))
+        self.outer, self.inner = _one_label_per_prediction(self, scores, labels, "softmax axis")
         self.ignore_label = _ignore_label(self.lp.loss_param)
         self.normalization = _normalization_mode(self)
 
@@ -233,10 +226,10 @@ class SigmoidCrossEntropyLoss(_LossLayer):
     def setup(self):
         x, t = self.bottom_shapes
         _check_same_num(self)
-        if _count(x) != _count(t):
+        if count(x) != count(t):
             raise self.error(f"inputs must have the same count; got shapes {x} and {t}")
         self.outer = x[0] if len(x) else 1
-        self.inner = _count(x[1:])
+        self.inner = count(x[1:])
         self.ignore_label = _ignore_label(self.lp.loss_param)
         self.normalization = _normalization_mode(self, default=_NORM.BATCH_SIZE)
 
@@ -264,7 +257,7 @@ class EuclideanLoss(_LossLayer):
     def setup(self):
         a, b = self.bottom_shapes
         _check_same_num(self)
-        if _count(a[1:]) != _count(b[1:]):
+        if count(a[1:]) != count(b[1:]):
             raise self.error(f"inputs must have the same dimension; got shapes {a} and {b}")
 
     def forward(self, ctx, params, bottoms):
@@ -287,8 +280,8 @@ class HingeLoss(_LossLayer):
         x, labels = self.bottom_shapes
         _check_same_num(self)
         self.num = x[0]
-        self.dim = _count(x) // self.num
-        if _count(labels) != self.num:
+        self.dim = count(x) // self.num
+        if count(labels) != self.num:
             raise self.error(f"needs one label per item: scores {x}, label shape {labels}")
         self.squared = self.lp.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2
 
@@ -316,8 +309,8 @@ class MultinomialLogisticLoss(_LossLayer):
         p, labels = self.bottom_shapes
         _check_same_num(self)
         self.num = p[0]
-        self.dim = _count(p) // self.num
-        if _count(labels) != self.num:
+        self.dim = count(p) // self.num
+        if count(labels) != self.num:
             raise self.error(f"needs one label per item (label shape N x 1 x 1 x 1): "
                              f"probabilities {p}, label shape {labels}")
 
@@ -389,22 +382,15 @@ class InfogainLoss(_LossLayer):
 
     def setup(self):
         scores, labels = self.bottom_shapes[:2]
-        self.axis = _canonical_axis(self, self.lp.infogain_loss_param.axis, len(scores))
+        self.axis = self.canonical_axis(self.lp.infogain_loss_param.axis, len(scores))
         self.classes = scores[self.axis]
-        self.outer = _count(scores[:self.axis])
-        self.inner = _count(scores[self.axis + 1:])
-        _check_same_num(self)
-        if self.outer * self.inner != _count(labels):
-            raise self.error(
-                f"label count must equal the number of predictions: scores {scores} with "
-                f"axis {self.axis} need {self.outer * self.inner} labels, "
-                f"label shape {labels} has {_count(labels)}")
+        self.outer, self.inner = _one_label_per_prediction(self, scores, labels, "axis")
         self.ignore_label = _ignore_label(self.lp.loss_param)
         self.normalization = _normalization_mode(self, allow_legacy=False)
         k2 = self.classes * self.classes
         if len(self.bottom_shapes) == 3:
             self.matrix = None
-            if _count(self.bottom_shapes[2]) != k2:
+            if count(self.bottom_shapes[2]) != k2:
                 raise self.error(f"the infogain matrix bottom must hold {self.classes} x "
                                  f"{self.classes} values; got shape {self.bottom_shapes[2]}")
         else:
@@ -495,7 +481,7 @@ class ContrastiveLoss(_LossLayer):
                 raise self.error(f"feature bottoms must be N x C x 1 x 1; got shapes {a} and {b}")
         if a[:2] != b[:2]:
             raise self.error(f"feature bottoms must have the same shape; got {a} and {b}")
-        if _count(y) != a[0]:
+        if count(y) != a[0]:
             raise self.error(f"the similarity bottom needs one value per pair; "
                              f"got shape {y} for features {a}")
         self.num, self.channels = a[0], a[1]
@@ -526,16 +512,16 @@ class Accuracy(Layer):
     def setup(self):
         scores, labels = self.bottom_shapes
         param = self.lp.accuracy_param
-        self.axis = _canonical_axis(self, param.axis, len(scores))
+        self.axis = self.canonical_axis(param.axis, len(scores))
         self.classes = scores[self.axis]
         self.top_k = int(param.top_k)
-        positions = _count(scores[:self.axis]) * _count(scores[self.axis + 1:])
-        if positions != _count(labels):
+        positions = count(scores[:self.axis]) * count(scores[self.axis + 1:])
+        if positions != count(labels):
             raise self.error(
                 f"label count must equal the number of predictions: scores {scores} with "
                 f"axis {self.axis} need {positions} labels, label shape {labels} has "
-                f"{_count(labels)}")
-        if self.top_k > _count(scores) // max(_count(labels), 1):
+                f"{count(labels)}")
+        if self.top_k > count(scores) // max(count(labels), 1):
             raise self.error(f"top_k {self.top_k} exceeds the number of classes "
                              f"({self.classes}) of scores {scores}")
         self.ignore_label = _ignore_label(param)

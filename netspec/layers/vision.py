@@ -20,13 +20,6 @@ PoolingParameter = caffe_pb2.PoolingParameter
 LRNParameter = caffe_pb2.LRNParameter
 
 
-def _canonical_axis(layer, axis, ndim, what="axis"):
-    """Caffe's CanonicalAxisIndex: negative axes count from the end."""
-    if not -ndim <= axis < ndim:
-        raise layer.error(f"{what} {axis} is out of range for a blob with {ndim} axes")
-    return axis % ndim
-
-
 def _shape_str(shape):
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
@@ -78,7 +71,7 @@ class _ConvolutionBase(Layer):
             if other != shape:
                 raise self.error(f"all bottoms must have the same shape, got {_shape_str(shape)} "
                                  f"and {_shape_str(other)}")
-        self.axis = _canonical_axis(self, cp.axis, len(shape))
+        self.axis = self.canonical_axis(cp.axis, len(shape))
         self.num_spatial = len(shape) - self.axis - 1
         if self.num_spatial < 1:
             raise self.error(f"needs at least one spatial axis after axis {self.axis}; bottom "
@@ -511,7 +504,7 @@ class InnerProduct(Layer):
     def setup(self):
         p = self.lp.inner_product_param
         shape = self.bottom_shapes[0]
-        self.axis = _canonical_axis(self, p.axis, len(shape))
+        self.axis = self.canonical_axis(p.axis, len(shape))
         self.num_output = int(p.num_output)
         if self.num_output < 1:
             raise self.error("inner_product_param.num_output must be set (> 0)")
@@ -554,7 +547,7 @@ class Crop(Layer):
         if len(big) != len(ref):
             raise self.error(f"both bottoms need the same number of axes, got {_shape_str(big)} "
                              f"and {_shape_str(ref)}")
-        self.axis = _canonical_axis(self, p.axis, len(big))
+        self.axis = self.canonical_axis(p.axis, len(big))
         cropped = len(big) - self.axis
         offsets = [int(o) for o in p.offset]
         if not offsets:
