@@ -10,13 +10,22 @@ exporting ``.caffemodel`` files is a plain mapping.  Callers wrap ``forward`` in
 Layout: layers that declare ``channels_last`` get their >=3-axis bottoms with the
 channel axis last, everything else gets Caffe's order; each blob is converted at
 most once per layout it is read in, and blobs handed back are in Caffe's order.
+
+Padded execution: with ``extents`` (``{input blob: (h, w)}``, runtime int32) the graph
+is a bucket-shaped one whose inputs hold each image at the top left; every spatial
+blob then carries its true extent, propagated with Caffe's size formulas
+(``Layer.top_extents``), and the cells outside it are overwritten before any layer
+that would read them (``Layer.spatial_fill``), so that everything inside equals the
+exact-shape computation.  See ``netspec.buckets``.
 """
 import numpy as np
 import jax
 import jax.numpy as jnp
 
 from .fillers import fill
+from .errors import NetspecError
 from .layers import LayerContext
+from .layers.extents import fill_outside
 
 
 def init_params(graph, seed=0):
@@ -43,10 +52,28 @@ class _Blobs:
     def __init__(self):
         self.values = {}        # name -> (array, channels_last)
         self.converted = {}     # name -> array in the other layout
+        self.extents = {}       # name -> true (h, w) in a padded pass
+        self.filled = {}        # (name, channels_last, fill) -> array filled outside its extent
 
-    def set(self, name, array, channels_last):
+    def set(self, name, array, channels_last, extent=None):
         self.values[name] = (array, channels_last and array.ndim >= 3)
         self.converted.pop(name, None)
+        self.filled = {k: v for k, v in self.filled.items() if k[0] != name}
+        if extent is None:
+            self.extents.pop(name, None)
+        else:
+            self.extents[name] = extent
+
+    def get_filled(self, name, channels_last, fill):
+        """The blob with the cells outside its true extent set to ``fill`` (once per fill)."""
+        array = self.get(name, channels_last)
+        if fill is None or name not in self.extents or array.ndim != 4:
+            return array
+        key = (name, channels_last, float(fill))
+        if key not in self.filled:
+            h_axis = 1 if channels_last else 2
+            self.filled[key] = fill_outside(array, self.extents[name], h_axis, fill)
+        return self.filled[key]
 
     def get(self, name, channels_last):
         array, stored_cl = self.values[name]
@@ -61,7 +88,7 @@ class _Blobs:
 
 
 def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None, keep=None,
-            precision="highest"):
+            precision="highest", extents=None):
     """Run the net.  Returns ``(blobs, loss, new_state)``.
 
     ``inputs``: ``{blob: array}`` for ``graph.inputs`` (Caffe axis order).
@@ -72,12 +99,30 @@ def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None,
     ``loss`` is ``sum(loss_weight * top)`` over every weighted top.  ``precision``:
     matmul/convolution precision inside the pass; "highest" (full float32, as Caffe
     computes; GPUs would otherwise use TF32) unless a caller trades accuracy for speed.
+    ``extents``: ``{input blob: (h, w)}`` for a padded pass (see the module docstring);
+    blobs are returned at the graph's (bucket) shapes, exact inside their extents.
     """
+    extents = {name: (e[0], e[1]) for name, e in (extents or {}).items()}
     with jax.default_matmul_precision(precision):
-        return _forward(graph, params, state, inputs, train, rng, probes, keep)
+        return _forward(graph, params, state, inputs, train, rng, probes, keep, extents)
 
 
-def _forward(graph, params, state, inputs, train, rng, probes, keep):
+def blob_extents(graph, input_extents):
+    """The true extent of every padded blob, ``{name: (h, w)}``, from the inputs' (Python
+    ints or traced scalars): the propagation ``forward`` does, without the compute."""
+    known = dict(input_extents)
+    for node in graph.nodes:
+        if node.is_input:
+            continue
+        bottom = [known.get(b) for b in node.bottoms]
+        if any(e is not None for e in bottom):
+            for t, e in zip(node.tops, node.impl.top_extents(bottom)):
+                if e is not None:
+                    known[t] = e
+    return known
+
+
+def _forward(graph, params, state, inputs, train, rng, probes, keep, extents):
     probes = probes or {}
     blobs = _Blobs()
     loss = jnp.zeros((), jnp.float32)
@@ -86,29 +131,40 @@ def _forward(graph, params, state, inputs, train, rng, probes, keep):
         if node.is_input:
             tops = [jnp.asarray(inputs[t]) for t in node.tops]
             channels_last = False
+            top_extents = [extents.get(t) for t in node.tops]
         else:
             impl = node.impl
             if impl.elementwise and node.bottoms:
                 channels_last = blobs.layout(node.bottoms[0])
             else:
                 channels_last = impl.channels_last
-            bottoms = [blobs.get(b, channels_last) for b in node.bottoms]
+            bottom_extents = [blobs.extents.get(b) for b in node.bottoms]
+            padded = any(e is not None for e in bottom_extents)
+            if padded and not impl.spatially_local:
+                raise NetspecError(f'layer "{node.name}" ({node.type}) is not local in H and W; '
+                                   'the net cannot run padded (use exact shapes: buckets off)')
+            bottoms = [blobs.get_filled(b, channels_last, impl.spatial_fill(i)) if padded
+                       else blobs.get(b, channels_last) for i, b in enumerate(node.bottoms)]
             bottoms = [b if down else jax.lax.stop_gradient(b)
                        for b, down in zip(bottoms, node.propagate_down)]
             layer_params = [params[owner][i] for owner, i in node.param_keys]
             layer_rng = None if rng is None else jax.random.fold_in(rng, index)
-            ctx = LayerContext(train, layer_rng, state.get(node.name, ()))
+            ctx = LayerContext(train, layer_rng, state.get(node.name, ()),
+                               bottom_extents if padded else None)
             tops = impl.forward(ctx, layer_params, bottoms)
             if len(tops) != len(node.tops):
                 raise AssertionError(f"{node.type} returned {len(tops)} tops, expected {len(node.tops)}")
             if ctx.new_state is not None:
                 new_state[node.name] = ctx.new_state
-        for name, top, weight in zip(node.tops, tops, node.loss_weights):
+            top_extents = impl.top_extents(bottom_extents) if padded else [None] * len(tops)
+        for name, top, weight, extent in zip(node.tops, tops, node.loss_weights, top_extents):
             if name in probes and name not in node.bottoms:
                 probe = probes[name]
                 top = top + (_to_channels_last(probe) if channels_last and probe.ndim >= 3 else probe)
             if weight:
-                loss = loss + weight * jnp.sum(top).astype(jnp.float32)
-            blobs.set(name, top, channels_last)
+                counted = top if extent is None or top.ndim != 4 else \
+                    fill_outside(top, extent, 1 if channels_last else 2, 0)
+                loss = loss + weight * jnp.sum(counted).astype(jnp.float32)
+            blobs.set(name, top, channels_last, extent)
     names = graph.blob_shapes if keep is None else keep
     return {name: blobs.get(name, False) for name in names}, loss, new_state

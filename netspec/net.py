@@ -10,8 +10,10 @@ Scripts written for pycaffe port by changing the import::
     net.params["conv1"][0].diff
 
 Blobs and params are host NumPy arrays (``netspec.blob.Blob``); each pass copies
-them into one jitted computation (cached per input shape) and writes the results
-back, so assigning into ``.data`` is seen by the next pass, as in pycaffe.
+them into one jitted computation and writes the results back, so assigning into
+``.data`` is seen by the next pass, as in pycaffe.  Inputs of any size run in the
+executable of their size bucket (``netspec.buckets``), with exact results and blobs
+at their true shapes; ``buckets="off"`` compiles one executable per input shape.
 """
 from collections import OrderedDict
 
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import compiler
+from .buckets import AUTO, Bucketing
 from .blob import Blob
 from .errors import NetspecError
 from .graph import build_graph, filter_layers
@@ -53,7 +56,7 @@ class Net:
     """A net built from a prototxt (path or ``NetParameter``) for one phase."""
 
     def __init__(self, model, *args, weights=None, phase=None, level=0, stages=(),
-                 python_path=(), seed=0):
+                 python_path=(), seed=0, buckets=AUTO):
         from .proto import caffe_pb2
         from .prototxt import read_net
         weights, phase = _parse_net_args(args, weights, phase)
@@ -75,6 +78,8 @@ class Net:
         self._passes = 0
         self._last_rng = None
         self.blobs = OrderedDict()
+        self.bucketing = Bucketing(self._build, buckets, name=f'net "{self._net_param.name}"')
+        self._plan = None               # the bucket plan of the last forward pass
         self._set_up_host_data_layers()
         self._graph = self._build(self._declared_input_shapes())
         self._create_blobs(self._graph)
@@ -256,10 +261,15 @@ class Net:
         if key not in self._jitted:
             train = self.phase == TRAIN
 
-            def run(params, state, inputs, rng):
-                return compiler.forward(graph, params, state, inputs, train=train, rng=rng, keep=keep)
+            def run(params, state, inputs, extents, rng):
+                return compiler.forward(graph, params, state, inputs, train=train, rng=rng, keep=keep,
+                                        extents=extents)
             self._jitted[key] = jax.jit(run)
         return self._jitted[key]
+
+    def plan(self):
+        """The bucket plan for the current input blob shapes (``netspec.buckets.Plan``)."""
+        return self.bucketing.plan({name: self.blobs[name].shape for name in self._graph.inputs})
 
     def _run_host_data_layers(self):
         for _, obj, tops in self._host_data_layers:
@@ -286,13 +296,14 @@ class Net:
             self.blobs[name].data[...] = value
         self._run_host_data_layers()
         self.reshape()
-        graph = self._graph
+        plan = self._plan = self.plan()
         self._last_rng = self._next_rng()
-        result, loss, new_state = self._forward_fn(graph, None)(
-            self.param_tree(), self.state_tree(), self._input_values(), self._last_rng)
+        result, loss, new_state = self._forward_fn(plan.graph, None)(
+            self.param_tree(), self.state_tree(), plan.pad_inputs(self._input_values()), plan.extents,
+            self._last_rng)
         for name, value in result.items():
-            if name not in graph.inputs:
-                self.blobs[name]._data = np.array(value)
+            if name not in plan.graph.inputs:
+                self.blobs[name]._data = np.array(plan.crop(name, np.asarray(value)))
         if self.phase == TRAIN:
             for name, arrays in new_state.items():
                 for blob, a in zip(self._layer_blobs[name], arrays):
@@ -307,16 +318,16 @@ class Net:
             train = self.phase == TRAIN
             probe_names = [n for n in graph.blob_shapes if n not in graph.inputs]
 
-            def objective(params, probes, state, inputs, seeds, rng):
+            def objective(params, probes, state, inputs, extents, seeds, rng):
                 blobs, loss, _ = compiler.forward(graph, params, state, inputs, train=train, rng=rng,
-                                                  probes=probes, keep=seeded)
+                                                  probes=probes, keep=seeded, extents=extents)
                 return loss + sum(jnp.sum(seeds[n] * blobs[n]) for n in seeded)
 
             grad = jax.grad(objective, argnums=(0, 1, 3))
 
-            def run(params, state, inputs, seeds, rng):
+            def run(params, state, inputs, extents, seeds, rng):
                 probes = {n: jnp.zeros(graph.blob_shapes[n], jnp.float32) for n in probe_names}
-                return grad(params, probes, state, inputs, seeds, rng)
+                return grad(params, probes, state, inputs, extents, seeds, rng)
             self._jitted[key] = jax.jit(run)
         return self._jitted[key]
 
@@ -329,15 +340,18 @@ class Net:
         if start is not None or end is not None:
             raise NetspecError("net.backward(start=..., end=...) is not supported; back-propagate the whole net")
         graph = self._graph
+        plan = self._plan if self._plan is not None and self._plan.exact is graph else self.plan()
         seeds = {}
         for name, value in kwargs.items():
             if name not in graph.blob_shapes:
                 raise NetspecError(f'backward(): the net has no blob "{name}"')
-            seeds[name] = np.asarray(value, np.float32).reshape(graph.blob_shapes[name])
+            seeds[name] = plan.pad_blob(name, np.asarray(value, np.float32).reshape(graph.blob_shapes[name]))
         rng = self._last_rng if self._last_rng is not None else self._next_rng()
-        param_grads, blob_grads, input_grads = self._grad_fn(graph, tuple(sorted(seeds)))(
-            self.param_tree(), self.state_tree(), self._input_values(), seeds, rng)
+        param_grads, blob_grads, input_grads = self._grad_fn(plan.graph, tuple(sorted(seeds)))(
+            self.param_tree(), self.state_tree(), plan.pad_inputs(self._input_values()), plan.extents,
+            seeds, rng)
         blob_grads = {**blob_grads, **(input_grads if graph.force_backward else {})}
+        blob_grads = {name: plan.crop(name, np.asarray(value)) for name, value in blob_grads.items()}
         for node in graph.nodes:
             for (owner, i), blob, lr in zip(node.param_keys, self._layer_blobs[node.name], node.lr_mults):
                 if owner == node.name and owner in param_grads and (lr != 0 or graph.force_backward):
@@ -352,7 +366,7 @@ class Net:
                 if w:
                     self.blobs[t].diff[...] = w
         for name, value in seeds.items():
-            self.blobs[name].diff[...] = value
+            self.blobs[name].diff[...] = plan.crop(name, value)
         outs = list(self.inputs) + [d for d in (diffs or []) if d not in self.inputs]
         return {name: self.blobs[name].diff for name in outs}
 

@@ -12,8 +12,15 @@ are in the same order unless the class sets ``channels_last = True``: then every
 bottom and top with three or more axes is stored with the channel axis moved last
 (N, H, W, C), the layout XLA runs convolutions fastest in.  ``elementwise = True``
 layers accept any layout (their tops keep the bottoms' layout).
+
+Padded execution (``netspec.buckets``): a layer that is local and translation-covariant
+in H and W (``spatially_local``) can run on 4-axis blobs padded at the bottom/right to
+a bucket shape.  The compiler then hands it each bottom's true extent
+(``ctx.extents``), fills the cells outside it with ``spatial_fill(i)`` before the layer
+reads them, and asks ``top_extents`` for the tops' extents.
 """
 from ..errors import NetspecError
+from .extents import inside as inside_mask
 
 TRAIN, TEST = 0, 1
 
@@ -52,16 +59,28 @@ class LayerContext:
     pass (None when the pass was given no key).  ``state``: the layer's non-learned
     blobs (BatchNorm's running statistics); a layer that updates them calls
     ``set_state(new_list)``.
+    ``extents``: per bottom, its true (h, w) as int32 scalars in a padded pass, else None.
     """
 
-    def __init__(self, train, rng=None, state=()):
+    def __init__(self, train, rng=None, state=(), extents=None):
         self.train = train
         self.rng = rng
         self.state = list(state)
         self.new_state = None
+        self.extents = list(extents or ())
 
     def set_state(self, blobs):
         self.new_state = list(blobs)
+
+    def extent(self, index):
+        """Bottom ``index``'s true (h, w) in a padded pass, None otherwise."""
+        return self.extents[index] if index < len(self.extents) else None
+
+    def inside(self, index, shape, h_axis):
+        """Mask (broadcastable to ``shape``, H at ``h_axis``, W after it) of the cells inside
+        bottom ``index``'s true extent; None when the pass is not padded."""
+        extent = self.extent(index)
+        return None if extent is None else inside_mask(extent, shape, h_axis)
 
 
 def count(shape):
@@ -86,7 +105,8 @@ class Layer:
 
     Class attributes: ``min_bottoms``/``max_bottoms``/``min_tops``/``max_tops``
     (None = unbounded), ``channels_last``, ``elementwise``, ``is_loss`` (a loss
-    layer's first top gets ``loss_weight`` 1 unless the prototxt says otherwise).
+    layer's first top gets ``loss_weight`` 1 unless the prototxt says otherwise),
+    ``spatially_local`` (padded execution; a property where the parameters decide).
     """
 
     type = None
@@ -95,6 +115,7 @@ class Layer:
     channels_last = False
     elementwise = False
     is_loss = False
+    spatially_local = False
 
     def __init__(self, layer_param, bottom_shapes, phase=TEST):
         self.lp = layer_param
@@ -128,6 +149,19 @@ class Layer:
     def forward(self, ctx, params, bottoms):
         """Return the list of tops computed from ``params`` (list) and ``bottoms`` (list)."""
         raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def spatial_fill(self, index):
+        """In a padded pass, the value bottom ``index``'s cells outside its true extent
+        must hold for this layer to compute Caffe's result inside (0 before sums, -inf
+        before maxima, a harmless argument before functions with singularities), or
+        None when the layer never lets those cells reach the inside."""
+        return None
+
+    def top_extents(self, bottom_extents):
+        """The tops' true extents from the bottoms' (Caffe's size formulas on runtime
+        ints); None for tops that are not padded.  Default: a 4-axis top keeps bottom 0's."""
+        first = bottom_extents[0] if bottom_extents else None
+        return [first if len(s) == 4 else None for s in self.top_shapes()]
 
     # -- helpers ------------------------------------------------------------
     def canonical_axis(self, axis, ndim, what="axis"):

@@ -56,6 +56,7 @@ class BatchNorm(Layer):
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
     channels_last = True
+    spatially_local = True      # batch statistics count only the cells inside the image
 
     def setup(self):
         shape = self.bottom_shapes[0]
@@ -93,18 +94,31 @@ class BatchNorm(Layer):
             mean, var = mean_sum * inv, var_sum * inv
             centered = x - mean.reshape(per_channel).astype(x.dtype)
         else:
-            mean = jnp.mean(x, axis=reduce_axes)
-            centered = x - mean.reshape(per_channel)
-            var = jnp.mean(centered * centered, axis=reduce_axes)
+            inside = ctx.inside(0, x.shape, 1) if ndim == 4 else None
+            if inside is None:
+                m = self.count_per_channel
+                mean = jnp.mean(x, axis=reduce_axes)
+                centered = x - mean.reshape(per_channel)
+                var = jnp.mean(centered * centered, axis=reduce_axes)
+            else:   # statistics of the true extent only
+                h, w = ctx.extent(0)
+                m = jnp.asarray(x.shape[0] * h * w, jnp.int32)
+                mean = jnp.sum(jnp.where(inside, x, 0), axis=reduce_axes) / m.astype(x.dtype)
+                centered = x - mean.reshape(per_channel)
+                var = jnp.sum(jnp.where(inside, centered * centered, 0), axis=reduce_axes) \
+                    / m.astype(x.dtype)
             if ctx.state:
-                self._update_state(ctx, lax.stop_gradient(mean), lax.stop_gradient(var))
+                self._update_state(ctx, lax.stop_gradient(mean), lax.stop_gradient(var), m)
         std = jnp.sqrt(var + self.eps).astype(x.dtype)
         return [centered / std.reshape(per_channel)]
 
-    def _update_state(self, ctx, mean, var):
+    def _update_state(self, ctx, mean, var, m):
         maf = self.moving_average_fraction
-        m = self.count_per_channel
-        correction = m / (m - 1) if m > 1 else 1.0
+        if isinstance(m, int):
+            correction = m / (m - 1) if m > 1 else 1.0
+        else:
+            m = m.astype(jnp.float32)
+            correction = jnp.where(m > 1, m / jnp.maximum(m - 1, 1), 1.0)
         mean_sum, var_sum, factor = ctx.state
         ctx.set_state([
             mean_sum * maf + mean.astype(mean_sum.dtype),
@@ -143,6 +157,11 @@ class _AxisAffine(Layer):
             self.axis = 0
         return shape
 
+    @property
+    def spatially_local(self):
+        # the operand must not span H or W (a learned (C, H, W) scale depends on the size)
+        return self.axis + len(self.operand_shape) <= 2
+
     def _operand(self, bottoms, params, param_index):
         """The operand array in Caffe axis order (bottom[1] or a learned blob)."""
         if len(bottoms) == 2:
@@ -156,7 +175,7 @@ class Scale(_AxisAffine):
 
     def setup(self):
         p = self.lp.scale_param
-        self.scale_shape = self._operand_shape(p.axis, p.num_axes)
+        self.scale_shape = self.operand_shape = self._operand_shape(p.axis, p.num_axes)
         self.bias_term = bool(p.bias_term)
 
     def param_shapes(self):
@@ -188,7 +207,7 @@ class Bias(_AxisAffine):
 
     def setup(self):
         p = self.lp.bias_param
-        self.bias_shape = self._operand_shape(p.axis, p.num_axes)
+        self.bias_shape = self.operand_shape = self._operand_shape(p.axis, p.num_axes)
 
     def param_shapes(self):
         return [] if len(self.bottom_shapes) == 2 else [self.bias_shape]
@@ -214,6 +233,7 @@ class Eltwise(Layer):
     min_bottoms, max_bottoms = 2, None
     min_tops = max_tops = 1
     elementwise = True
+    spatially_local = True
 
     def setup(self):
         p = self.lp.eltwise_param
@@ -292,6 +312,10 @@ class Concat(Layer):
         shape[self.axis] = sum(s[self.axis] for s in self.bottom_shapes)
         return [tuple(shape)]
 
+    @property
+    def spatially_local(self):
+        return self.axis == 1
+
     def forward(self, ctx, params, bottoms):
         if len(bottoms) == 1:
             return [bottoms[0]]
@@ -327,6 +351,10 @@ class Slice(Layer):
             bounds = [step * i for i in range(self.num_tops + 1)]
         self.bounds = bounds
 
+    @property
+    def spatially_local(self):
+        return self.axis == 1
+
     def top_shapes(self):
         shapes = []
         for lo, hi in zip(self.bounds, self.bounds[1:]):
@@ -349,6 +377,7 @@ class Split(Layer):
     min_bottoms = max_bottoms = 1
     min_tops, max_tops = 1, None
     elementwise = True
+    spatially_local = True
 
     def forward(self, ctx, params, bottoms):
         return [bottoms[0]] * self.num_tops
@@ -361,6 +390,7 @@ class Silence(Layer):
     min_bottoms, max_bottoms = 1, None
     min_tops = max_tops = 0
     elementwise = True
+    spatially_local = True
 
     def top_shapes(self):
         return []
@@ -458,6 +488,10 @@ class Tile(Layer):
             raise self.error("tile_param.tiles must be given and positive")
         self.tiles = int(p.tiles)
 
+    @property
+    def spatially_local(self):
+        return self.axis == 1
+
     def top_shapes(self):
         shape = list(self.bottom_shapes[0])
         shape[self.axis] *= self.tiles
@@ -541,6 +575,10 @@ class ArgMax(Layer):
         top[1] = 2 if self.out_max_val else 1
         top[2] = self.top_k
         return [tuple(top)]
+
+    @property
+    def spatially_local(self):
+        return self.axis == 1
 
     def _ranked(self, x):
         """Top-k values and indices along the last axis, larger index first on ties."""

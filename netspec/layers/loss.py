@@ -65,6 +65,22 @@ def _labels_for(layer, label, x_shape, axis):
     return jax.lax.stop_gradient(label).astype(jnp.int32)
 
 
+def _positions_inside(ctx, layer, x_shape, axis):
+    """In a padded pass, the mask of prediction positions (the stored prediction with
+    its class ``axis`` removed, as ``_labels_for`` shapes the labels) inside the true
+    extent; None otherwise.  Only for 4-axis predictions with the class axis 1."""
+    if ctx.extent(0) is None or len(x_shape) != 4 or axis != 1:
+        return None
+    # positions are (N, H, W) in either storage order
+    return ctx.inside(0, (x_shape[0], x_shape[2], x_shape[3]), 1)
+
+
+def _true_inner(ctx, inner):
+    """The positions per item (``inner``) counted from the true extent in a padded pass."""
+    extent = ctx.extent(0)
+    return inner if extent is None else extent[0] * extent[1]
+
+
 def _stored_axis(layer, axis, ndim):
     return channels_last_axis(axis, ndim) if layer.channels_last else axis
 
@@ -84,9 +100,10 @@ def _normalization_mode(layer, allow_legacy=True, default=None):
 
 
 def _normalizer(mode, outer, inner, valid_count, dtype):
-    """Caffe's LossLayer::GetNormalizer, clamped to at least 1."""
+    """Caffe's LossLayer::GetNormalizer, clamped to at least 1 (``inner`` may be a
+    runtime count in a padded pass)."""
     if mode == _NORM.FULL:
-        value = jnp.asarray(outer * inner, dtype)
+        value = (outer * jnp.asarray(inner)).astype(dtype)
     elif mode == _NORM.VALID:
         value = valid_count.astype(dtype)
     elif mode == _NORM.BATCH_SIZE:
@@ -139,6 +156,10 @@ class Softmax(Layer):
     def setup(self):
         shape = self.bottom_shapes[0]
         self.axis = self.canonical_axis(self.lp.softmax_param.axis, len(shape))
+
+    @property
+    def spatially_local(self):
+        return self.axis == 1
 
     def forward(self, ctx, params, bottoms):
         x = bottoms[0]
@@ -203,13 +224,23 @@ class SoftmaxWithLoss(_LossLayer):
     def top_shapes(self):
         return [()] + [self.bottom_shapes[0]] * (self.num_tops - 1)
 
+    @property
+    def spatially_local(self):
+        return self.axis == 1
+
+    def top_extents(self, bottom_extents):
+        return [None] + [bottom_extents[0]] * (self.num_tops - 1)
+
     def forward(self, ctx, params, bottoms):
         x = bottoms[0]
         axis = _stored_axis(self, self.axis, x.ndim)
         labels = _labels_for(self, bottoms[1], self.bottom_shapes[0], self.axis)
         valid = _valid_mask(labels, self.ignore_label)
+        inside = _positions_inside(ctx, self, self.bottom_shapes[0], self.axis)
+        if inside is not None:      # labels outside the image are ignored
+            valid = valid & inside
         total, p = _softmax_nll(x, labels, valid, axis)
-        norm = _normalizer(self.normalization, self.outer, self.inner,
+        norm = _normalizer(self.normalization, self.outer, _true_inner(ctx, self.inner),
                            jnp.sum(valid), x.dtype)
         loss = total / norm
         return [loss, p][:self.num_tops]
@@ -233,17 +264,25 @@ class SigmoidCrossEntropyLoss(_LossLayer):
         self.ignore_label = _ignore_label(self.lp.loss_param)
         self.normalization = _normalization_mode(self, default=_NORM.BATCH_SIZE)
 
+    @property
+    def spatially_local(self):
+        return self.bottom_shapes[0] == self.bottom_shapes[1]
+
     def forward(self, ctx, params, bottoms):
         x = bottoms[0]
         target = jax.lax.stop_gradient(bottoms[1]).reshape(x.shape).astype(x.dtype)
         valid = _valid_mask(target.astype(jnp.int32), self.ignore_label)
+        inner = self.inner
+        inside = ctx.inside(0, x.shape, 2) if x.ndim == 4 else None
+        if inside is not None:
+            valid = valid & inside
+            inner = x.shape[1] * _true_inner(ctx, 1)
         # Caffe's stable form; the indicator (x >= 0) carries no gradient, so the
         # derivative is exactly sigmoid(x) - target, Caffe's backward.
         positive = jax.lax.stop_gradient((x >= 0).astype(x.dtype))
         log_likelihood = x * (target - positive) - jnp.log(1 + jnp.exp(x - 2 * x * positive))
         total = -jnp.sum(jnp.where(valid, log_likelihood, 0))
-        norm = _normalizer(self.normalization, self.outer, self.inner,
-                           jnp.sum(valid), x.dtype)
+        norm = _normalizer(self.normalization, self.outer, inner, jnp.sum(valid), x.dtype)
         return [total / norm]
 
 
@@ -260,9 +299,16 @@ class EuclideanLoss(_LossLayer):
         if count(a[1:]) != count(b[1:]):
             raise self.error(f"inputs must have the same dimension; got shapes {a} and {b}")
 
+    @property
+    def spatially_local(self):
+        return self.bottom_shapes[0] == self.bottom_shapes[1]
+
     def forward(self, ctx, params, bottoms):
         a, b = bottoms
         diff = a - b.reshape(a.shape)
+        inside = ctx.inside(0, a.shape, 2) if a.ndim == 4 else None
+        if inside is not None:
+            diff = jnp.where(inside, diff, 0)
         num = self.bottom_shapes[0][0]
         return [jnp.sum(diff * diff) / num / 2]
 
@@ -407,6 +453,13 @@ class InfogainLoss(_LossLayer):
     def top_shapes(self):
         return [()] + [self.bottom_shapes[0]] * (self.num_tops - 1)
 
+    @property
+    def spatially_local(self):
+        return self.axis == 1
+
+    def top_extents(self, bottom_extents):
+        return [None] + [bottom_extents[0]] * (self.num_tops - 1)
+
     def forward(self, ctx, params, bottoms):
         x = bottoms[0]
         if self.matrix is None:
@@ -416,13 +469,16 @@ class InfogainLoss(_LossLayer):
         h = h.astype(x.dtype)
         labels = _labels_for(self, bottoms[1], self.bottom_shapes[0], self.axis)
         valid = _valid_mask(labels, self.ignore_label)
+        inside = _positions_inside(ctx, self, self.bottom_shapes[0], self.axis)
+        if inside is not None:
+            valid = valid & inside
         in_range = (labels >= 0) & (labels < self.classes)
         rows = h[jnp.where(in_range, labels, 0)]              # positions x K
         rows = jnp.where((valid & in_range)[..., None], rows, 0)
         weights = jnp.moveaxis(rows, -1, self.axis)
         total, p = _softmax_infogain(x, weights, self.axis)
         total = jnp.where(jnp.any(valid & ~in_range), jnp.nan, total)
-        norm = _normalizer(self.normalization, self.outer, self.inner,
+        norm = _normalizer(self.normalization, self.outer, _true_inner(ctx, self.inner),
                            jnp.sum(valid), x.dtype)
         return [total / norm, p][:self.num_tops]
 
@@ -529,11 +585,18 @@ class Accuracy(Layer):
     def top_shapes(self):
         return [()] + [(self.classes,)] * (self.num_tops - 1)
 
+    @property
+    def spatially_local(self):
+        return self.axis == 1
+
     def forward(self, ctx, params, bottoms):
         x = jax.lax.stop_gradient(bottoms[0])
         axis = _stored_axis(self, self.axis, x.ndim)
         labels = _labels_for(self, bottoms[1], self.bottom_shapes[0], self.axis)
         valid = _valid_mask(labels, self.ignore_label)
+        inside = _positions_inside(ctx, self, self.bottom_shapes[0], self.axis)
+        if inside is not None:
+            valid = valid & inside
         in_range = (labels >= 0) & (labels < self.classes)
         safe = jnp.expand_dims(jnp.where(in_range, labels, 0), axis)
         true_score = jnp.take_along_axis(x, safe, axis=axis)

@@ -21,6 +21,7 @@ class _Neuron(Layer):
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
     elementwise = True
+    spatially_local = True
 
     def forward(self, ctx, params, bottoms):
         return [self.apply(bottoms[0])]
@@ -97,6 +98,10 @@ class Power(_Neuron):
         p = self.lp.power_param
         self.power, self.scale, self.shift = float(p.power), float(p.scale), float(p.shift)
 
+    def spatial_fill(self, index):
+        # outside the image the argument is 1 (finite value and gradient for any power)
+        return (1.0 - self.shift) / self.scale if self.scale != 0.0 else 0.0
+
     def apply(self, x):
         if self.power == 0.0 or self.power * self.scale == 0.0:
             # Caffe: y is constant there and its gradient is exactly zero.
@@ -128,6 +133,9 @@ class Exp(_Neuron):
         self.inner_scale = log_base * float(p.scale)
         self.outer_scale = 1.0 if p.shift == 0 else math.exp(log_base * float(p.shift))
 
+    def spatial_fill(self, index):
+        return 0.0      # no overflow outside the image
+
     def apply(self, x):
         y = jnp.exp(x * self.inner_scale)
         return y * self.outer_scale if self.outer_scale != 1.0 else y
@@ -139,6 +147,9 @@ class Log(_Neuron):
         p = self.lp.log_param
         self.base_scale = 1.0 / _base_log(float(p.base), self)
         self.scale, self.shift = float(p.scale), float(p.shift)
+
+    def spatial_fill(self, index):
+        return (1.0 - self.shift) / self.scale if self.scale != 0.0 else 0.0   # log(1)
 
     def apply(self, x):
         z = x
@@ -210,6 +221,7 @@ class PReLU(Layer):
     min_bottoms = max_bottoms = 1
     min_tops = max_tops = 1
     channels_last = True
+    spatially_local = True
 
     def setup(self):
         shape = self.bottom_shapes[0]

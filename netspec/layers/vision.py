@@ -14,7 +14,7 @@ from jax import lax
 
 from ..proto import caffe_pb2
 from .base import Layer, channels_last_axis, register
-from . import conv_grad
+from . import conv_grad, extents as ext
 
 PoolingParameter = caffe_pb2.PoolingParameter
 LRNParameter = caffe_pb2.LRNParameter
@@ -106,6 +106,17 @@ class _ConvolutionBase(Layer):
     def _extent(self, i):
         return self.dilation[i] * (self.kernel[i] - 1) + 1
 
+    @property
+    def spatially_local(self):
+        return self.axis == 1 and self.num_spatial == 2
+
+    def spatial_fill(self, index):
+        return 0.0
+
+    def top_extents(self, bottom_extents):
+        return [None if e is None else tuple(self._runtime_size(e[i], i) for i in range(2))
+                for e in bottom_extents]
+
     def top_shapes(self):
         shape = self.bottom_shapes[0]
         top = tuple(shape[:self.axis]) + (self.num_output,) + tuple(self.out_spatial)
@@ -167,6 +178,9 @@ class Convolution(_ConvolutionBase):
         span = self.in_spatial[i] + 2 * self.pad[i] - self._extent(i)
         return span // self.stride[i] + 1 if span >= 0 else 0
 
+    def _runtime_size(self, size, i):
+        return ext.conv_size(size, self._extent(i), self.stride[i], self.pad[i])
+
     def _compute(self, weight, x):
         n = self.num_spatial
         kernel = jnp.transpose(weight, tuple(range(2, n + 2)) + (1, 0)).astype(x.dtype)
@@ -192,6 +206,9 @@ class Deconvolution(_ConvolutionBase):
 
     def _output_size(self, i):
         return self.stride[i] * (self.in_spatial[i] - 1) + self._extent(i) - 2 * self.pad[i]
+
+    def _runtime_size(self, size, i):
+        return ext.deconv_size(size, self._extent(i), self.stride[i], self.pad[i])
 
     def _phase_kernel(self, weight):
         """The (group, A...*C_in/group, s...*O/group) matrices of the sub-pixel product.
@@ -325,14 +342,18 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _max_pool_mask(x, y, kernel, strides, pads, width):
-    """Caffe's mask top: the flat index h*W + w of each window's first maximum (as floats)."""
+    """Caffe's mask top: the flat index h*W + w of each window's first maximum (as floats);
+    ``width`` is the bottom's true width (a runtime value in a padded pass)."""
     oh, ow = y.shape[1:3]
     rows = np.arange(oh) * strides[0] - pads[0][0]
     cols = np.arange(ow) * strides[1] - pads[1][0]
     mask = jnp.full(y.shape, -1, x.dtype)
     for i, j, hit in _first_max_hits(x, y, kernel, strides, pads):
-        index = ((rows[:, None] + i) * width + cols[None, :] + j).astype(np.float64)
-        mask = jnp.where(hit, jnp.asarray(index[None, :, :, None], x.dtype), mask)
+        if isinstance(width, int):
+            index = jnp.asarray(((rows[:, None] + i) * width + cols[None, :] + j).astype(np.float64), x.dtype)
+        else:
+            index = ((rows[:, None] + i) * width + cols[None, :] + j).astype(x.dtype)
+        mask = jnp.where(hit, index[None, :, :, None], mask)
     return lax.stop_gradient(mask)
 
 
@@ -346,16 +367,21 @@ def _ave_divisor(in_hw, out_hw, kernel, strides, pads):
     return np.outer(sizes[0], sizes[1])
 
 
-def _ave_pool(x, kernel, strides, pads, out_hw):
-    """Caffe AVE pooling on (N, H, W, C); ``pads`` are the symmetric pad amounts (ph, pw)."""
+def _ave_pool(x, kernel, strides, pads, out_hw, extent=None):
+    """Caffe AVE pooling on (N, H, W, C); ``pads`` are the symmetric pad amounts (ph, pw).
+    ``extent``: the input's true (h, w) in a padded pass (cells outside it must be 0);
+    the divisors follow it."""
     in_hw = x.shape[1:3]
     config = [(p, (o - 1) * s + k - i - p) for i, o, k, s, p in
               zip(in_hw, out_hw, kernel, strides, pads)]
     xp = _pad_hw(x, config, 0)
     total = lax.reduce_window(xp, np.array(0, x.dtype), lax.add, (1,) + tuple(kernel) + (1,),
                               (1,) + tuple(strides) + (1,), "VALID")
-    divisor = _ave_divisor(in_hw, out_hw, kernel, strides, pads)
-    return total / jnp.asarray(divisor[None, :, :, None], x.dtype)
+    if extent is None:
+        divisor = jnp.asarray(_ave_divisor(in_hw, out_hw, kernel, strides, pads), x.dtype)
+    else:
+        divisor = ext.ave_pool_divisor(extent, out_hw, kernel, strides, pads).astype(x.dtype)
+    return total / divisor[None, :, :, None]
 
 
 def _hw_pair(layer, param, field, default):
@@ -432,6 +458,22 @@ class Pooling(Layer):
         n, c = self.bottom_shapes[0][:2]
         return [(n, c) + self.out_hw] * self.num_tops
 
+    @property
+    def spatially_local(self):
+        return not self.lp.pooling_param.global_pooling
+
+    def spatial_fill(self, index):
+        return -np.inf if self.method == PoolingParameter.MAX else 0.0
+
+    def top_extents(self, bottom_extents):
+        e = bottom_extents[0]
+        if e is None:
+            return [None] * self.num_tops
+        ceil_mode = self.lp.pooling_param.round_mode == PoolingParameter.CEIL
+        out = tuple(ext.pooled_size(size, k, s, p, ceil_mode, any(self.pad))
+                    for size, k, s, p in zip(e, self.kernel, self.stride, self.pad))
+        return [out] * self.num_tops
+
     def _max_pads(self, in_hw):
         """(low, high) padding per spatial axis so the windows exactly tile the padded input."""
         return tuple((p, (o - 1) * s + k - i - p) for i, o, k, s, p in
@@ -440,13 +482,13 @@ class Pooling(Layer):
     def forward(self, ctx, params, bottoms):
         x = bottoms[0]
         if self.method == PoolingParameter.AVE:
-            return [_ave_pool(x, self.kernel, self.stride, self.pad, self.out_hw)]
+            return [_ave_pool(x, self.kernel, self.stride, self.pad, self.out_hw, ctx.extent(0))]
         pads = self._max_pads(x.shape[1:3])
         y = _max_pool(x, tuple(self.kernel), tuple(self.stride), pads)
         if self.num_tops == 1:
             return [y]
-        mask = _max_pool_mask(x, lax.stop_gradient(y), self.kernel, self.stride, pads,
-                              x.shape[2])
+        width = x.shape[2] if ctx.extent(0) is None else ctx.extent(0)[1]
+        mask = _max_pool_mask(x, lax.stop_gradient(y), self.kernel, self.stride, pads, width)
         return [y, mask]
 
 
@@ -473,6 +515,11 @@ class LRN(Layer):
         self.alpha, self.beta, self.k = float(p.alpha), float(p.beta), float(p.k)
         self.across = p.norm_region == LRNParameter.ACROSS_CHANNELS
 
+    spatially_local = True
+
+    def spatial_fill(self, index):
+        return None if self.across else 0.0
+
     def forward(self, ctx, params, bottoms):
         x = bottoms[0]
         half = (self.size - 1) // 2
@@ -485,7 +532,8 @@ class LRN(Layer):
         else:
             # Caffe builds this from Power, AVE Pooling (pad (n-1)/2, stride 1), Power layers:
             # (1 + alpha * avgpool(x^2))^-beta; k is not used.
-            pooled = _ave_pool(square, (self.size,) * 2, (1, 1), (half, half), x.shape[1:3])
+            pooled = _ave_pool(square, (self.size,) * 2, (1, 1), (half, half), x.shape[1:3],
+                               ctx.extent(0))
             scale = 1 + self.alpha * pooled
         return [x * scale ** jnp.asarray(-self.beta, x.dtype)]
 
@@ -566,6 +614,16 @@ class Crop(Layer):
 
     def top_shapes(self):
         return [self.out_shape]
+
+    spatially_local = True   # fixed offsets: the crop moves with the image
+
+    def top_extents(self, bottom_extents):
+        if len(self.out_shape) != 4:
+            return [None]
+        big, ref = bottom_extents
+        big = big if big is not None else self.bottom_shapes[0][2:]
+        ref = ref if ref is not None else self.bottom_shapes[1][2:]
+        return [tuple(ref[i] if self.axis <= 2 + i else big[i] for i in range(2))]
 
     def forward(self, ctx, params, bottoms):
         ndim = len(self.out_shape)
