@@ -63,16 +63,15 @@ def set_random_seed(seed):
 
 
 def set_compilation_cache(directory):
-    """Keep compiled XLA executables in ``directory`` across runs (also: ``$NETSPEC_CACHE_DIR``)."""
-    import jax
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    """Keep compiled XLA executables in ``directory`` across runs (default: on, in
+    ``$NETSPEC_CACHE_DIR`` or ``$XDG_CACHE_HOME/netspec``; see ``netspec.compilation``)."""
+    from .compilation import enable_cache
+    enable_cache(directory)
 
 
 def _configure_from_environment():
-    import os
-    if os.environ.get("NETSPEC_CACHE_DIR"):
-        set_compilation_cache(os.environ["NETSPEC_CACHE_DIR"])
+    from .compilation import configure_from_environment
+    configure_from_environment()
 
 
 _configure_from_environment()

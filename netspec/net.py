@@ -22,12 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import compiler
-from .buckets import AUTO, Bucketing
+from .buckets import AUTO, Bucketing, describe_bucket
+from .compilation import Executables
 from .blob import Blob
 from .errors import NetspecError
 from .graph import build_graph, filter_layers
 from .layers import TEST, TRAIN
 from .layers.data import HostPythonLayer, load_python_layer
+from .prefetch import HostDataLayers
 
 
 class _LayerView:
@@ -56,7 +58,7 @@ class Net:
     """A net built from a prototxt (path or ``NetParameter``) for one phase."""
 
     def __init__(self, model, *args, weights=None, phase=None, level=0, stages=(),
-                 python_path=(), seed=0, buckets=AUTO):
+                 python_path=(), seed=0, buckets=AUTO, log=None, prefetch=False):
         from .proto import caffe_pb2
         from .prototxt import read_net
         weights, phase = _parse_net_args(args, weights, phase)
@@ -72,8 +74,9 @@ class Net:
             import os
             self._python_path += (os.path.dirname(os.path.abspath(self._source)),)
         self._python_objects = {}       # layer name -> user object, kept across reshapes
-        self._host_data_layers = []     # (layer name, object, top names): run on the host
-        self._graphs, self._jitted = {}, {}
+        self._prefetch = prefetch
+        self._graphs = {}
+        self._executables = Executables(log)
         self._rng = jax.random.PRNGKey(seed)
         self._passes = 0
         self._last_rng = None
@@ -96,6 +99,7 @@ class Net:
         return state
 
     def _set_up_host_data_layers(self):
+        layers = []
         for lp in filter_layers(self._net_param, self._state()):
             if lp.type == "Python" and not lp.bottom:
                 obj = load_python_layer(lp, self.phase, self._python_path)
@@ -103,10 +107,11 @@ class Net:
                 obj.setup([], tops)
                 obj.reshape([], tops)
                 self._python_objects[lp.name] = obj
-                self._host_data_layers.append((lp.name, obj, list(lp.top)))
+                layers.append((lp.name, obj, list(lp.top)))
+        self._host_data = HostDataLayers(layers)
 
     def _declared_input_shapes(self):
-        return {t: self.blobs[t].shape for _, _, tops in self._host_data_layers for t in tops}
+        return {t: self.blobs[t].shape for _, _, tops in self._host_data.layers for t in tops}
 
     def _make_impl(self, node, bottom_shapes, phase):
         if node.type != "Python":
@@ -121,7 +126,7 @@ class Net:
         if key not in self._graphs:
             self._graphs[key] = build_graph(
                 self._net_param, self.phase, self._level, self._stages, input_shapes=input_shapes,
-                host_layers=[name for name, _, _ in self._host_data_layers], make_impl=self._make_impl)
+                host_layers=[name for name, _, _ in self._host_data.layers], make_impl=self._make_impl)
         return self._graphs[key]
 
     def _create_blobs(self, graph):
@@ -256,26 +261,42 @@ class Net:
         self._passes += 1
         return jax.random.fold_in(self._rng, self._passes)
 
-    def _forward_fn(self, graph, keep):
-        key = ("forward", id(graph), keep)
-        if key not in self._jitted:
-            train = self.phase == TRAIN
+    def _what(self, kind, plan):
+        phase = "TRAIN" if self.phase == TRAIN else "TEST"
+        return f'{kind} of net "{self.name}" ({phase}), bucket {describe_bucket(plan)}'
 
+    def _forward_fn(self, plan, keep, args):
+        graph, train = plan.graph, self.phase == TRAIN
+
+        def make():
             def run(params, state, inputs, extents, rng):
                 return compiler.forward(graph, params, state, inputs, train=train, rng=rng, keep=keep,
                                         extents=extents)
-            self._jitted[key] = jax.jit(run)
-        return self._jitted[key]
+            return jax.jit(run)
+        return self._executables.get(("forward", id(graph), keep, plan.padded), make, args,
+                                     self._what("forward", plan))
 
     def plan(self):
         """The bucket plan for the current input blob shapes (``netspec.buckets.Plan``)."""
         return self.bucketing.plan({name: self.blobs[name].shape for name in self._graph.inputs})
 
     def _run_host_data_layers(self):
-        for _, obj, tops in self._host_data_layers:
-            top_blobs = [self.blobs[t] for t in tops]
-            obj.reshape([], top_blobs)
-            obj.forward([], top_blobs)
+        """One batch from the data layers into the input blobs (from the prefetch thread
+        when ``prefetch`` is on: ``netspec.prefetch``)."""
+        if not self._host_data:
+            return
+        if self._prefetch:
+            self._host_data.start()
+        for name, value in self._host_data.next().items():
+            blob = self.blobs[name]
+            if blob.shape != value.shape:
+                blob.reshape(*value.shape)
+            blob.data[...] = value
+
+    def close(self):
+        """Stop the data layers' prefetch thread (if any); later passes run them in place."""
+        self._host_data.close()
+        self._prefetch = False
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run the net; returns ``{output: array}`` (plus the blobs named in ``blobs``).
@@ -298,9 +319,9 @@ class Net:
         self.reshape()
         plan = self._plan = self.plan()
         self._last_rng = self._next_rng()
-        result, loss, new_state = self._forward_fn(plan.graph, None)(
-            self.param_tree(), self.state_tree(), plan.pad_inputs(self._input_values()), plan.extents,
-            self._last_rng)
+        args = (self.param_tree(), self.state_tree(), plan.pad_inputs(self._input_values()), plan.extents,
+                self._last_rng)
+        result, loss, new_state = self._forward_fn(plan, None, args)(*args)
         for name, value in result.items():
             if name not in plan.graph.inputs:
                 self.blobs[name]._data = np.array(plan.crop(name, np.asarray(value)))
@@ -312,12 +333,11 @@ class Net:
         outs += [b for b in (blobs or []) if b not in outs]
         return {name: self.blobs[name].data for name in outs}
 
-    def _grad_fn(self, graph, seeded):
-        key = ("backward", id(graph), seeded)
-        if key not in self._jitted:
-            train = self.phase == TRAIN
-            probe_names = [n for n in graph.blob_shapes if n not in graph.inputs]
+    def _grad_fn(self, plan, seeded, args):
+        graph, train = plan.graph, self.phase == TRAIN
+        probe_names = [n for n in graph.blob_shapes if n not in graph.inputs]
 
+        def make():
             def objective(params, probes, state, inputs, extents, seeds, rng):
                 blobs, loss, _ = compiler.forward(graph, params, state, inputs, train=train, rng=rng,
                                                   probes=probes, keep=seeded, extents=extents)
@@ -328,8 +348,9 @@ class Net:
             def run(params, state, inputs, extents, seeds, rng):
                 probes = {n: jnp.zeros(graph.blob_shapes[n], jnp.float32) for n in probe_names}
                 return grad(params, probes, state, inputs, extents, seeds, rng)
-            self._jitted[key] = jax.jit(run)
-        return self._jitted[key]
+            return jax.jit(run)
+        return self._executables.get(("backward", id(graph), seeded, plan.padded), make, args,
+                                     self._what("backward", plan))
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Back-propagate from the loss (and from top diffs given as keywords, ``net.backward(prob=d)``).
@@ -347,9 +368,9 @@ class Net:
                 raise NetspecError(f'backward(): the net has no blob "{name}"')
             seeds[name] = plan.pad_blob(name, np.asarray(value, np.float32).reshape(graph.blob_shapes[name]))
         rng = self._last_rng if self._last_rng is not None else self._next_rng()
-        param_grads, blob_grads, input_grads = self._grad_fn(plan.graph, tuple(sorted(seeds)))(
-            self.param_tree(), self.state_tree(), plan.pad_inputs(self._input_values()), plan.extents,
-            seeds, rng)
+        args = (self.param_tree(), self.state_tree(), plan.pad_inputs(self._input_values()), plan.extents,
+                seeds, rng)
+        param_grads, blob_grads, input_grads = self._grad_fn(plan, tuple(sorted(seeds)), args)(*args)
         blob_grads = {**blob_grads, **(input_grads if graph.force_backward else {})}
         blob_grads = {name: plan.crop(name, np.asarray(value)) for name, value in blob_grads.items()}
         for node in graph.nodes:

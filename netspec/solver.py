@@ -14,7 +14,6 @@ backward ``iter_size`` times, display, update, ``iter += 1``, snapshot (if
 import math
 import os
 import signal
-import sys
 import time
 
 import jax
@@ -26,43 +25,12 @@ from . import compiler, optim
 from .errors import NetspecError
 from .layers import TEST, TRAIN
 from .lr_policy import learning_rate, snapshot_current_step
-from .buckets import AUTO
+from .buckets import AUTO, describe_bucket
+from .compilation import TOTALS, Executables
+from .log import Log
 from .net import Net
 
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")
-
-
-class Log:
-    """Caffe-style glog lines (``I1122 21:03:50.123456 12345 solver.py] Iteration 20, loss = 1.2``)."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.pid = os.getpid()
-        isatty = getattr(self.stream, "isatty", None)
-        self.interactive = bool(isatty and isatty())
-        self._progress_shown = False
-
-    def __call__(self, message):
-        now = time.time()
-        stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
-        self._clear_progress()
-        self.stream.write(f"I{stamp} {self.pid:5d} solver.py] {message}\n")
-        self.stream.flush()
-
-    def progress(self, done, total, text=""):
-        """A one-line progress bar, redrawn in place, on an interactive terminal only."""
-        if not self.interactive or total <= 0:
-            return
-        width = 30
-        filled = int(width * min(done, total) / total)
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {text}\033[K")
-        self.stream.flush()
-        self._progress_shown = True
-
-    def _clear_progress(self):
-        if self._progress_shown:
-            self.stream.write("\r\033[K")
-            self._progress_shown = False
 
 
 def _resolve(path, base_dir):
@@ -124,7 +92,7 @@ class Solver:
         self._opt_state = jax.tree.map(lambda x: jnp.array(x, copy=True),
                                        self._optimizer.init(self._device_params()))
         self._losses, self.smoothed_loss, self._start_iter = [], 0.0, 0
-        self._steps = {}
+        self._executables = Executables(self.log)
         self._requested = None
         self._last_snapshot = None
         for path in list(self.param.weights) + ([weights] if isinstance(weights, str) else list(weights or [])):
@@ -152,7 +120,8 @@ class Solver:
     def _make_train_net(self, seed):
         s = self.param.train_state
         return Net(self._train_net_source(), phase=TRAIN, level=s.level, stages=tuple(s.stage),
-                   python_path=self.python_path, seed=seed, buckets=self._buckets)
+                   python_path=self.python_path, seed=seed, buckets=self._buckets, log=self.log,
+                   prefetch=True)
 
     def _make_test_nets(self, seed):
         p = self.param
@@ -174,7 +143,7 @@ class Solver:
             state = p.test_state[i] if p.test_state else None
             net = Net(source, phase=TEST, level=state.level if state else 0,
                       stages=tuple(state.stage) if state else (), python_path=self.python_path, seed=seed,
-                      buckets=self._buckets)
+                      buckets=self._buckets, log=self.log, prefetch=True)
             net.share_with(self.net)
             nets.append(net)
         return nets
@@ -205,43 +174,53 @@ class Solver:
         return self._replicated(self.net.param_tree())
 
     # -- the jitted step ----------------------------------------------------
-    def _train_step(self, graph, fused):
-        """The jitted step for one (bucket) graph.  ``fused``: one executable doing the
-        forward, backward and update (iter_size 1); else ``(accumulate, apply)``: one
-        pass adding its gradient into ``grads``, and the update (iter_size > 1).
-
-        There is deliberately no ``lax.scan`` over the iter_size passes: inside XLA's
-        CPU while loop the step ran 2.3x slower than the same passes called one by one."""
-        key = (id(graph), fused)
-        if key in self._steps:
-            return self._steps[key]
-        optimizer = self._optimizer
+    def _loss_and_grad(self, graph):
         keep = tuple(graph.outputs)
 
         def loss_fn(params, state, inputs, extents, rng):
             blobs, loss, new_state = compiler.forward(graph, params, state, inputs, train=True,
                                                       rng=rng, keep=keep, extents=extents)
             return loss, (blobs, new_state)
+        return jax.value_and_grad(loss_fn, has_aux=True)
 
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    def _apply(self, params, opt_state, grads):
+        updates, opt_state = self._optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
-        def apply(params, opt_state, grads):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
+    def _what(self, kind, plan):
+        return f'{kind} of net "{self.net.name}", bucket {describe_bucket(plan)}'
 
-        if fused:
+    def _step_fn(self, plan, args):
+        """Forward, backward and update in one executable (iter_size 1), per bucket.
+
+        There is deliberately no ``lax.scan`` over passes: inside XLA's CPU while loop
+        the same forward/backward ran 2.3x slower than called directly."""
+        def make():
+            grad_fn = self._loss_and_grad(plan.graph)
+
             def step(params, state, opt_state, inputs, extents, rng):
                 (loss, (blobs, state)), grads = grad_fn(params, state, inputs, extents, rng)
-                params, opt_state = apply(params, opt_state, grads)
+                params, opt_state = self._apply(params, opt_state, grads)
                 return params, state, opt_state, loss, blobs
-            fn = jax.jit(step, donate_argnums=(0, 2))
-        else:
+            return jax.jit(step, donate_argnums=(0, 2))
+        return self._executables.get(("step", id(plan.graph), plan.padded), make, args,
+                                     self._what("train step", plan))
+
+    def _accumulate_fn(self, plan, args):
+        """One forward/backward adding its gradient into ``grads`` (iter_size > 1), per bucket."""
+        def make():
+            grad_fn = self._loss_and_grad(plan.graph)
+
             def accumulate(params, state, grads, inputs, extents, rng):
                 (loss, (blobs, state)), g = grad_fn(params, state, inputs, extents, rng)
                 return state, jax.tree.map(jnp.add, grads, g), loss, blobs
-            fn = (jax.jit(accumulate, donate_argnums=(2,)), jax.jit(apply, donate_argnums=(0, 1)))
-        self._steps[key] = fn
-        return fn
+            return jax.jit(accumulate, donate_argnums=(2,))
+        return self._executables.get(("accumulate", id(plan.graph), plan.padded), make, args,
+                                     self._what("forward/backward pass", plan))
+
+    def _apply_fn(self, args):
+        return self._executables.get(("apply",), lambda: jax.jit(self._apply, donate_argnums=(0, 1)),
+                                     args, f'update of net "{self.net.name}"')
 
     def _next_batches(self):
         """Run the host data layers ``iter_size`` times; the input values of each pass."""
@@ -253,20 +232,19 @@ class Solver:
         plans = [self.net.bucketing.plan({k: v.shape for k, v in b.items()}) for b in batches]
         if len(batches) == 1:
             plan = plans[0]
-            step = self._train_step(plan.graph, True)
-            params, state, self._opt_state, loss, outputs = step(
-                params, state, self._opt_state, self._batch_sharded(plan.pad_inputs(batches[0]), 0),
-                self._replicated(plan.extents), jax.random.fold_in(rng, 0))
+            args = (params, state, self._opt_state, self._batch_sharded(plan.pad_inputs(batches[0]), 0),
+                    self._replicated(plan.extents), jax.random.fold_in(rng, 0))
+            params, state, self._opt_state, loss, outputs = self._step_fn(plan, args)(*args)
             return params, state, loss, outputs, plan
         grads = jax.tree.map(jnp.zeros_like, params)
         loss_sum = 0.0
         for i, (plan, batch) in enumerate(zip(plans, batches)):
-            accumulate, apply = self._train_step(plan.graph, False)
-            state, grads, loss, outputs = accumulate(
-                params, state, grads, self._batch_sharded(plan.pad_inputs(batch), 0),
-                self._replicated(plan.extents), jax.random.fold_in(rng, i))
+            args = (params, state, grads, self._batch_sharded(plan.pad_inputs(batch), 0),
+                    self._replicated(plan.extents), jax.random.fold_in(rng, i))
+            state, grads, loss, outputs = self._accumulate_fn(plan, args)(*args)
             loss_sum = loss_sum + loss
-        params, self._opt_state = apply(params, self._opt_state, grads)
+        args = (params, self._opt_state, grads)
+        params, self._opt_state = self._apply_fn(args)(*args)
         return params, state, loss_sum / len(batches), outputs, plan
 
     # -- the loop -----------------------------------------------------------
@@ -325,6 +303,7 @@ class Solver:
         """Train to ``max_iter`` (Caffe's ``Solver::Solve``), optionally resuming a ``.solverstate``."""
         p = self.param
         self.requested_early_exit = False
+        compiles = TOTALS.snapshot()
         self.log(f"Solving {self.net.name}")
         self.log(f"Learning Rate Policy: {p.lr_policy}")
         if resume_file:
@@ -334,6 +313,7 @@ class Solver:
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
         if self.requested_early_exit:
+            self.log(TOTALS.since(compiles))
             self.log("Optimization stopped early.")
             return
         if p.display and self.iter % p.display == 0:
@@ -341,6 +321,7 @@ class Solver:
             self.log(f"Iteration {self.iter}, loss = {_g(self._update_smoothed_loss(self.net.loss))}")
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
+        self.log(TOTALS.since(compiles))
         self.log("Optimization Done.")
 
     def _update_smoothed_loss(self, loss):

@@ -1,1 +1,23 @@
 """The `netspec` subcommands: each module has add_arguments(parser) and run(args) -> exit code."""
+
+
+def add_execution_arguments(p):
+    """``--buckets`` and ``--no-compile-cache``, for every command that runs a net."""
+    p.add_argument("--buckets", default="auto", metavar="N|SIZES|off",
+                   help="input sizes that share one compiled executable: auto (default: each side "
+                        "rounded up to a multiple of 32 or of the net's coarsest stride), N (a "
+                        "multiple of N), a list of side sizes (256,384,512), or off (exact shapes, "
+                        "one compile per size); results are exact either way")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not keep compiled executables across runs (default: keep them in "
+                        "$NETSPEC_CACHE_DIR or $XDG_CACHE_HOME/netspec)")
+
+
+def execution_options(args):
+    """Apply ``--no-compile-cache``; return the keyword arguments for ``Net``/``Solver``."""
+    from ..buckets import parse_policy
+    from ..compilation import disable_cache
+    if args.no_compile_cache:
+        disable_cache()
+    parse_policy(args.buckets)          # a bad value is an error before anything runs
+    return {"buckets": args.buckets}

@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import NetspecError
+from . import add_execution_arguments, execution_options
 
 VOC_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 
@@ -18,6 +19,7 @@ def add_arguments(p):
     p.add_argument("--out", default="predictions", help="output directory")
     p.add_argument("--input-blob", default="data")
     p.add_argument("--score-blob", default="score")
+    add_execution_arguments(p)
 
 
 def preprocess(path, mean_bgr):
@@ -47,7 +49,7 @@ def run(args):
         mean = [float(x) for x in args.mean.split(",")]
     except ValueError:
         raise NetspecError(f"infer: --mean {args.mean}: give three numbers B,G,R") from None
-    net = Net(args.model, weights=args.weights, phase=TEST)
+    net = Net(args.model, weights=args.weights, phase=TEST, **execution_options(args))
     if args.input_blob not in net.inputs:
         raise NetspecError(f'infer: {args.model} has no input blob "{args.input_blob}" (inputs: {net.inputs})')
     os.makedirs(args.out, exist_ok=True)

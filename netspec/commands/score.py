@@ -1,5 +1,6 @@
 """``netspec score --model val.prototxt --weights W --classes N``: the FCN paper's four metrics."""
 from ..errors import NetspecError
+from . import add_execution_arguments, execution_options
 
 
 def add_arguments(p):
@@ -10,6 +11,7 @@ def add_arguments(p):
     p.add_argument("--score-blob", default="score")
     p.add_argument("--label-blob", default="label")
     p.add_argument("--python-path", action="append", default=[])
+    add_execution_arguments(p)
 
 
 def run(args):
@@ -17,7 +19,8 @@ def run(args):
     from ..score import format_scores, net_hist, scores
     if args.iterations < 1 or args.classes < 2:
         raise NetspecError("score: --iterations must be >= 1 and --classes >= 2")
-    net = Net(args.model, weights=args.weights, phase=TEST, python_path=args.python_path)
+    net = Net(args.model, weights=args.weights, phase=TEST, python_path=args.python_path, prefetch=True,
+              **execution_options(args))
     for blob in (args.score_blob, args.label_blob):
         if blob not in net.blobs:
             raise NetspecError(f'score: {args.model} has no blob "{blob}" (use --score-blob/--label-blob)')

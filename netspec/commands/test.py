@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..errors import NetspecError
+from . import add_execution_arguments, execution_options
 from ..solver import Log, _g
 
 
@@ -12,6 +13,7 @@ def add_arguments(p):
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TEST")
     p.add_argument("--python-path", action="append", default=[])
     p.add_argument("--gpu", help="device id to run on")
+    add_execution_arguments(p)
 
 
 def run(args):
@@ -22,7 +24,7 @@ def run(args):
         raise NetspecError("test: --iterations must be >= 1")
     log = Log()
     net = Net(args.model, weights=args.weights, phase=TEST if args.phase == "TEST" else TRAIN,
-              python_path=args.python_path)
+              python_path=args.python_path, log=log, prefetch=True, **execution_options(args))
     weights = net.blob_loss_weights
     sums, loss = {}, 0.0
     for i in range(args.iterations):

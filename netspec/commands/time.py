@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from .. import compiler
 from ..errors import NetspecError
 from ..layers import LayerContext
+from . import add_execution_arguments, execution_options
 
 
 def add_arguments(p):
@@ -21,6 +22,7 @@ def add_arguments(p):
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
     p.add_argument("--python-path", action="append", default=[])
     p.add_argument("--gpu", help="device id to run on")
+    add_execution_arguments(p)
 
 
 def _timed(fn, iterations):
@@ -39,19 +41,24 @@ def run(args):
     if args.iterations < 1:
         raise NetspecError("time: --iterations must be >= 1")
     log = Log()
-    net = Net(args.model, phase=TRAIN if args.phase == "TRAIN" else TEST, python_path=args.python_path)
-    inputs = {k: jnp.asarray(v) for k, v in net.next_inputs().items()}
+    net = Net(args.model, phase=TRAIN if args.phase == "TRAIN" else TEST, python_path=args.python_path,
+              log=log, **execution_options(args))
+    inputs = net.next_inputs()
     net.reshape()
     graph, train = net.graph, args.phase == "TRAIN"
     params, state = net.param_tree(), net.state_tree()
     rng = jax.random.PRNGKey(0)
+    # the whole net runs as users run it: in its size bucket's executable (netspec.buckets)
+    plan = net.plan()
+    padded_inputs = {k: jnp.asarray(v) for k, v in plan.pad_inputs(inputs).items()}
 
-    def loss_fn(p):
-        return compiler.forward(graph, p, state, inputs, train=train, rng=rng, keep=())[1]
+    def run_net(p):
+        return compiler.forward(plan.graph, p, state, padded_inputs, train=train, rng=rng,
+                                extents=plan.extents)
 
-    forward = jax.jit(lambda p: compiler.forward(graph, p, state, inputs, train=train, rng=rng)[0])
-    backward = jax.jit(jax.grad(loss_fn))
-    blobs = forward(params)
+    forward = jax.jit(lambda p: run_net(p)[0])
+    backward = jax.jit(jax.grad(lambda p: run_net(p)[1]))
+    blobs = {name: plan.crop(name, value) for name, value in forward(params).items()}
     log(f"Performing Forward and Backward {args.iterations} times")
     for node in graph.nodes:
         if node.is_input:

@@ -1,5 +1,6 @@
 """``netspec train --solver S [--weights W] [--snapshot STATE] [--gpu all]`` (``caffe train``)."""
 from ..errors import NetspecError
+from . import add_execution_arguments, execution_options
 
 
 def add_arguments(p):
@@ -19,6 +20,7 @@ def add_arguments(p):
                         "of the test net's argmax over --score-blob against --label-blob, N classes")
     p.add_argument("--score-blob", default="score")
     p.add_argument("--label-blob", default="label")
+    add_execution_arguments(p)
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host; see README)")
 
@@ -51,8 +53,9 @@ def run(args):
         import jax
         jax.distributed.initialize()
     from ..solver import Solver
+    options = execution_options(args)
     solver = Solver(path, python_path=args.python_path, devices=select_devices(args.gpu),
-                    weights=args.weights.split(",") if args.weights else None)
+                    weights=args.weights.split(",") if args.weights else None, **options)
     solver.sigint_effect, solver.sighup_effect = args.sigint_effect, args.sighup_effect
     solver.score_classes, solver.score_blob, solver.label_blob = args.score_classes, args.score_blob, args.label_blob
     solver.solve(resume_file=args.snapshot)
