@@ -23,6 +23,12 @@ Arrays are in Caffe's axis order (N, C, H, W).  Variables:
 
 The net is shaped for the inputs it is called with, so a fully convolutional net
 accepts any input size.  Python layers are not supported here (use ``netspec.Net``).
+
+Any size without a compile per size (``netspec.buckets``): pad a batch of images at the
+bottom/right to a bucket shape and pass their true size as ``extents=(h, w)`` (traced
+values are fine, so one jitted training step serves every size in the bucket); the
+outputs are exact inside their own true extents, which
+``netspec.compiler.blob_extents(module.graph_for(shapes), {"data": (h, w)})`` gives.
 """
 import functools
 from typing import Any, Optional, Sequence, Union
@@ -108,9 +114,13 @@ class CaffeModule(nn.Module):
         return {names[0]: jnp.asarray(inputs, jnp.float32)}
 
     @nn.compact
-    def __call__(self, inputs, train=False):
-        """Run the net on ``inputs`` (an array for a one-input net, or ``{blob: array}``)."""
+    def __call__(self, inputs, train=False, extents=None):
+        """Run the net on ``inputs`` (an array for a one-input net, or ``{blob: array}``).
+        ``extents``: the true (h, w) of padded inputs, one pair (applied to every 4-axis
+        input) or ``{blob: (h, w)}``; see the module docstring."""
         inputs = self._inputs_dict(inputs)
+        if extents is not None and not isinstance(extents, dict):
+            extents = {name: extents for name, x in inputs.items() if x.ndim == 4}
         graph = self.graph_for({name: tuple(x.shape) for name, x in inputs.items()})
         missing = [name for name in graph.inputs if name not in inputs]
         if missing:
@@ -124,7 +134,7 @@ class CaffeModule(nn.Module):
         wanted = self._output_names(graph)
         blobs, _, new_state = compiler.forward(
             graph, params, {name: v.value for name, v in stats.items()}, inputs,
-            train=train, rng=rng, keep=wanted)
+            train=train, rng=rng, keep=wanted, extents=extents)
         if train and not self.is_initializing():
             for name, variable in stats.items():
                 variable.value = new_state[name]

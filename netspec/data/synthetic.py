@@ -167,13 +167,28 @@ def _side_ranges(size):
     return tuple(tuple(s) for s in size)
 
 
-def make_dataset(root, n_train=160, n_val=40, size=(64, 128), num_classes=6, seed=0, max_objects=4, border=1):
+def voc_like_sizes(count, longer=500, shorter=(250, 500), seed=0):
+    """``count`` (height, width) pairs as in PASCAL VOC: the longer side ``longer``, the
+    shorter uniform in the inclusive range ``shorter``, either orientation (seeded)."""
+    rng = np.random.default_rng(seed)
+    sizes = []
+    for _ in range(count):
+        short = int(rng.integers(shorter[0], shorter[1] + 1))
+        sizes.append((longer, short) if rng.integers(2) else (short, longer))
+    return sizes
+
+
+def make_dataset(root, n_train=160, n_val=40, size=(64, 128), num_classes=6, seed=0, max_objects=4, border=1,
+                 sizes=None):
     """Write the dataset under ``root``; return ``(class_names, mean_bgr)``.
 
     ``num_classes`` counts background (at most ``len(CLASS_NAMES)``); ``size`` is the
-    inclusive range of image sides.  ``mean_bgr`` is the mean pixel of the written
-    training JPEGs, in BGR order, for the data layer's ``mean``.
+    inclusive range of image sides, or ``sizes`` gives each image's (height, width)
+    (train images first; e.g. ``voc_like_sizes``).  ``mean_bgr`` is the mean pixel of
+    the written training JPEGs, in BGR order, for the data layer's ``mean``.
     """
+    if sizes is not None and len(sizes) != n_train + n_val:
+        raise NetspecError(f"make_dataset: {len(sizes)} sizes for {n_train + n_val} images")
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise NetspecError(f"make_dataset: num_classes must be 2..{len(CLASS_NAMES)} "
                            f"(background included), got {num_classes}")
@@ -193,6 +208,8 @@ def make_dataset(root, n_train=160, n_val=40, size=(64, 128), num_classes=6, see
         rng = np.random.default_rng([seed, index])
         height = int(rng.integers(h_lo, h_hi + 1))
         width = int(rng.integers(w_lo, w_hi + 1))
+        if sizes is not None:
+            height, width = (int(v) for v in sizes[index])
         rgb, label = render_scene(rng, height, width, class_names, max_objects, border)
         image_id = f"{index:06d}"
         jpeg_path = os.path.join(root, "JPEGImages", f"{image_id}.jpg")

@@ -1,0 +1,410 @@
+"""Padded execution (``netspec.buckets``): a net run at a larger bucket shape, with the
+true image size passed as runtime extents, computes what the exact-shape run computes.
+
+Each comparison runs the same net, params and inputs twice: once built at the true
+input shapes (the reference, Caffe's semantics), once built at the bucket shapes with
+the inputs zero-padded at the bottom/right and ``extents`` given.  Every blob (cut to
+its true shape), the loss, every param gradient and the updated layer state must agree
+within 1e-5 of the reference's max |value| (plus 1e-6 for all-zero blobs).
+
+The nets are small copies of the reference FCN nets (``models/voc-fcn32s``, ``16s``,
+``8s``, ``voc-fcn-alexnet``: conv1 pad 100, ceil pooling, fc6 as a conv, Deconvolution
+upsampling, the reference Crop offsets, Eltwise SUM fusion) and a layer mix, all with
+gaussian weights and nonzero biases, so the cells outside the image hold garbage that
+must not leak into the inside.
+"""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+import netspec
+from netspec import compiler
+from netspec.buckets import Bucketing, coarsest_stride, parse_policy, round_side
+from netspec.errors import NetspecError
+from netspec.graph import build_graph
+from netspec.layers.base import TEST, TRAIN
+from netspec.prototxt import parse_net
+
+CLASSES = 3
+IGNORE = 255
+MULTIPLE_32 = ("multiple", 32)
+
+
+# ---------------------------------------------------------------- prototxt builders
+
+def layer(name, type_, bottoms, tops=None, body=""):
+    lines = [f'layer {{ name: "{name}" type: "{type_}"']
+    lines += [f'  bottom: "{b}"' for b in bottoms]
+    lines += [f'  top: "{t}"' for t in (tops if tops is not None else [name])]
+    if body:
+        lines.append(f"  {body}")
+    return "\n".join(lines) + " }\n"
+
+
+def inputs_layer(*shapes):
+    """One Input layer; ``shapes``: (top, shape) pairs (the declared shapes; tests override them)."""
+    tops = [t for t, _ in shapes]
+    dims = " ".join("shape { " + " ".join(f"dim: {d}" for d in s) + " }" for _, s in shapes)
+    return layer("input", "Input", [], tops, f"input_param {{ {dims} }}")
+
+
+def conv(name, bottom, num_output, kernel, pad=0, stride=1, group=1, dilation=1, std=0.2):
+    return layer(name, "Convolution", [bottom], body=(
+        f"convolution_param {{ num_output: {num_output} kernel_size: {kernel} pad: {pad} "
+        f"stride: {stride} group: {group} dilation: {dilation} "
+        f'weight_filler {{ type: "gaussian" std: {std} }} '
+        'bias_filler { type: "gaussian" std: 0.5 } }'))
+
+
+def deconv(name, bottom, num_output, kernel, stride, group=1, std=0.2):
+    """Upsampling as in the FCN nets (no bias), with gaussian weights."""
+    return layer(name, "Deconvolution", [bottom], body=(
+        f"convolution_param {{ num_output: {num_output} kernel_size: {kernel} stride: {stride} "
+        f'group: {group} bias_term: false weight_filler {{ type: "gaussian" std: {std} }} }}'))
+
+
+def relu(blob):
+    return layer(f"relu_{blob}", "ReLU", [blob], [blob])
+
+
+def dropout(blob):
+    """Dropout that is inactive in every phase (padded Dropout masks differ by design)."""
+    return layer(f"drop_{blob}", "Dropout", [blob], [blob], "dropout_param { dropout_ratio: 0 }")
+
+
+def pool(name, bottom, kernel=2, stride=2, pad=0, method="MAX", tops=None, extra=""):
+    return layer(name, "Pooling", [bottom], tops, (
+        f"pooling_param {{ pool: {method} kernel_size: {kernel} stride: {stride} pad: {pad} {extra} }}"))
+
+
+def lrn(name, bottom, size=5, alpha=0.5, beta=0.75, region="ACROSS_CHANNELS"):
+    return layer(name, "LRN", [bottom], body=(
+        f"lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} norm_region: {region} }}"))
+
+
+def crop(name, bottom, reference, offset, axis=2):
+    return layer(name, "Crop", [bottom, reference],
+                 body=f"crop_param {{ axis: {axis} offset: {offset} }}")
+
+
+def eltwise(name, bottoms, operation):
+    return layer(name, "Eltwise", bottoms, body=f"eltwise_param {{ operation: {operation} }}")
+
+
+def softmax_loss(name, score, label, loss_param, loss_weight=1, tops=None):
+    return layer(name, "SoftmaxWithLoss", [score, label], tops,
+                 f"loss_weight: {loss_weight} loss_param {{ {loss_param} }}")
+
+
+# ---------------------------------------------------------------- the nets
+
+FCN_INPUTS = inputs_layer(("data", (1, 3, 32, 32)), ("label", (1, 1, 32, 32)))
+
+
+def vgg_trunk():
+    """FCN-VGG16's trunk, one or two convs per stage: conv1_1 pad 100, five 2x2/2 ceil
+    max poolings, fc6 as a 7x7 conv, fc7 1x1, score_fr."""
+    text = conv("conv1_1", "data", 4, 3, pad=100) + relu("conv1_1")
+    text += conv("conv1_2", "conv1_1", 4, 3, pad=1) + relu("conv1_2") + pool("pool1", "conv1_2")
+    for stage in range(2, 6):
+        name = f"conv{stage}_1"
+        text += conv(name, f"pool{stage - 1}", 4, 3, pad=1) + relu(name) + pool(f"pool{stage}", name)
+    text += conv("fc6", "pool5", 8, 7) + relu("fc6") + dropout("fc6")
+    text += conv("fc7", "fc6", 8, 1) + relu("fc7") + dropout("fc7")
+    return text + conv("score_fr", "fc7", CLASSES, 1)
+
+
+FCN_LOSS = softmax_loss("loss", "score", "label", f"ignore_label: {IGNORE} normalize: false")
+
+FCN32S = FCN_INPUTS + vgg_trunk() + deconv("upscore", "score_fr", CLASSES, 64, 32) \
+    + crop("score", "upscore", "data", 19) + FCN_LOSS
+
+FCN16S_HEAD = (deconv("upscore2", "score_fr", CLASSES, 4, 2)
+               + conv("score_pool4", "pool4", CLASSES, 1)
+               + crop("score_pool4c", "score_pool4", "upscore2", 5)
+               + eltwise("fuse_pool4", ["upscore2", "score_pool4c"], "SUM"))
+
+FCN16S = FCN_INPUTS + vgg_trunk() + FCN16S_HEAD + deconv("upscore16", "fuse_pool4", CLASSES, 32, 16) \
+    + crop("score", "upscore16", "data", 27) + FCN_LOSS
+
+FCN8S = FCN_INPUTS + vgg_trunk() + FCN16S_HEAD \
+    + deconv("upscore_pool4", "fuse_pool4", CLASSES, 4, 2) \
+    + conv("score_pool3", "pool3", CLASSES, 1) \
+    + crop("score_pool3c", "score_pool3", "upscore_pool4", 9) \
+    + eltwise("fuse_pool3", ["upscore_pool4", "score_pool3c"], "SUM") \
+    + deconv("upscore8", "fuse_pool3", CLASSES, 16, 8) \
+    + crop("score", "upscore8", "data", 31) + FCN_LOSS
+
+FCN_ALEXNET = (
+    FCN_INPUTS
+    + conv("conv1", "data", 4, 11, pad=100, stride=4, std=0.05) + relu("conv1")
+    + pool("pool1", "conv1", 3, 2) + lrn("norm1", "pool1")
+    + conv("conv2", "norm1", 4, 5, pad=2, group=2) + relu("conv2")
+    + pool("pool2", "conv2", 3, 2) + lrn("norm2", "pool2")
+    + conv("conv3", "norm2", 6, 3, pad=1) + relu("conv3")
+    + conv("conv4", "conv3", 6, 3, pad=1, group=2) + relu("conv4")
+    + conv("conv5", "conv4", 4, 3, pad=1, group=2) + relu("conv5")
+    + pool("pool5", "conv5", 3, 2)
+    + conv("fc6", "pool5", 8, 6) + relu("fc6") + dropout("fc6")
+    + conv("fc7", "fc6", 8, 1) + relu("fc7") + dropout("fc7")
+    + conv("score_fr", "fc7", CLASSES, 1)
+    + deconv("upscore", "score_fr", CLASSES, 63, 32)
+    + crop("score", "upscore", "data", 18)
+    + softmax_loss("loss", "score", "label", f"ignore_label: {IGNORE} normalize: true"))
+
+NORMALIZATIONS = ("VALID", "FULL", "BATCH_SIZE", "NONE")
+
+
+def mix_losses():
+    """A 1x1 score conv and a SoftmaxWithLoss per normalization mode, with and without
+    ignore_label (each loss its own conv, so each conv's gradient checks one loss)."""
+    text = ""
+    for i, mode in enumerate(NORMALIZATIONS):
+        for ignore in (True, False):
+            suffix = f"{mode.lower()}_{'ignore' if ignore else 'all'}"
+            text += conv(f"score_{suffix}", "exp", CLASSES, 1, std=1.0)
+            param = f"normalization: {mode}" + (f" ignore_label: {IGNORE}" if ignore else "")
+            label = "label" if ignore else "label_dense"
+            weight = 0.5 + i + 2 * ignore
+            if mode == "VALID":     # a second top: the probabilities
+                text += softmax_loss(f"loss_{suffix}", f"score_{suffix}", label, param,
+                                     f"{weight} loss_weight: 0", [f"loss_{suffix}", f"prob_{suffix}"])
+            else:
+                text += softmax_loss(f"loss_{suffix}", f"score_{suffix}", label, param, weight)
+    return text
+
+
+# Batch of 2, run in TRAIN: BatchNorm "bn_batch" uses batch statistics (over the true
+# extent only) and updates its state; "bn_global" (use_global_stats) computes what
+# BatchNorm computes in TEST, from the stored statistics.
+MIX = (
+    inputs_layer(("data", (2, 3, 16, 16)), ("label", (2, 1, 16, 16)), ("label_dense", (2, 1, 16, 16)))
+    + conv("conv1", "data", 6, 3, pad=1) + relu("conv1")
+    + layer("bn_batch", "BatchNorm", ["conv1"])
+    + layer("scale_batch", "Scale", ["bn_batch"], body="scale_param { bias_term: true }")
+    + conv("dilated", "conv1", 6, 3, pad=1, dilation=2)
+    + layer("bn_global", "BatchNorm", ["dilated"], body="batch_norm_param { use_global_stats: true }")
+    + layer("scale", "Scale", ["bn_global"], body=(
+        'scale_param { bias_term: true filler { type: "gaussian" mean: 1 std: 0.3 } '
+        'bias_filler { type: "gaussian" std: 0.5 } }'))
+    + lrn("lrn", "scale", size=3, alpha=1.0, region="WITHIN_CHANNEL")
+    + pool("ave", "lrn", 3, 2, pad=1, method="AVE")
+    + pool("maxpool", "lrn", 3, 2, pad=1, tops=["maxpool", "maxpool_mask"])
+    + eltwise("max", ["ave", "maxpool"], "MAX")
+    + eltwise("prod", ["ave", "maxpool"], "PROD")
+    + layer("concat", "Concat", ["max", "prod"], body="concat_param { axis: 1 }")
+    + deconv("up", "concat", 6, 4, 2, group=2, std=0.3)
+    + crop("up_crop", "up", "conv1", 1)
+    + eltwise("fused", ["scale_batch", "up_crop"], "SUM") + dropout("fused")
+    + layer("square", "Power", ["fused"], body="power_param { power: 2 scale: 0.5 shift: 1 }")
+    + layer("log", "Log", ["square"], body="log_param { base: 2 shift: 1 }")
+    + layer("root", "Power", ["log"], body="power_param { power: 0.5 shift: 0.25 }")
+    + layer("exp", "Exp", ["root"], body="exp_param { scale: -1 }")
+    + mix_losses()
+    + layer("softmax", "Softmax", ["score_valid_ignore"], ["softmax"])
+    + layer("accuracy", "Accuracy", ["score_valid_ignore", "label"], ["accuracy", "class_accuracy"],
+            f"accuracy_param {{ ignore_label: {IGNORE} }}")
+    + layer("accuracy_top2", "Accuracy", ["score_full_all", "label_dense"],
+            body="accuracy_param { top_k: 2 }")
+    + layer("sigmoid_full", "SigmoidCrossEntropyLoss", ["score_none_all", "softmax"],
+            body="loss_weight: 0.7 loss_param { normalization: FULL }")
+    + layer("sigmoid_valid", "SigmoidCrossEntropyLoss", ["score_full_ignore", "softmax"],
+            body="loss_weight: 1.3 loss_param { normalization: VALID }")
+    + layer("euclidean", "EuclideanLoss", ["score_batch_size_all", "score_none_ignore"],
+            body="loss_weight: 0.1"))
+
+
+class Case:
+    """A net for the padded-vs-exact comparison and the sizes it runs at."""
+
+    def __init__(self, name, text, phase, batch, sizes, count):
+        self.name, self.text, self.phase, self.batch = name, text, phase, batch
+        rs = np.random.RandomState(sum(map(ord, name)))
+        self.sizes = [tuple(int(v) for v in rs.randint(sizes[0], sizes[1] + 1, 2)) for _ in range(count)]
+
+    def __repr__(self):
+        return self.name
+
+    @functools.cached_property
+    def net_param(self):
+        return parse_net(self.text)
+
+    def input_shapes(self, h, w):
+        graph = build_graph(self.net_param, self.phase)   # declared shapes: channels per input
+        return {name: (self.batch, graph.blob_shapes[name][1], h, w) for name in graph.inputs}
+
+    def graph(self, h, w):
+        return _graph(self, h, w)
+
+    @functools.cached_property
+    def params_and_state(self):
+        params, state = compiler.init_params(self.graph(16, 16), seed=1)
+        rs = np.random.RandomState(2)
+        for name, (mean_sum, var_sum, factor) in state.items():   # BatchNorm: stored statistics
+            factor[...] = 2.0
+            mean_sum[...] = rs.randn(*mean_sum.shape)
+            var_sum[...] = rs.uniform(0.5, 3.0, var_sum.shape)
+        return params, state
+
+    def random_inputs(self, rs, h, w):
+        values = {}
+        for name, shape in self.input_shapes(h, w).items():
+            if name == "data":
+                values[name] = rs.randn(*shape).astype(np.float32)
+            else:
+                labels = rs.randint(0, CLASSES, shape).astype(np.float32)
+                if name == "label":
+                    labels[rs.rand(*shape) < 0.2] = IGNORE
+                values[name] = labels
+        return values
+
+
+@functools.lru_cache(maxsize=None)
+def _graph(case, h, w):
+    return build_graph(case.net_param, case.phase, input_shapes=case.input_shapes(h, w))
+
+
+CASES = [
+    Case("fcn32s", FCN32S, TRAIN, 1, (1, 64), 20),
+    Case("fcn16s", FCN16S, TRAIN, 1, (1, 64), 20),
+    Case("fcn8s", FCN8S, TRAIN, 1, (1, 64), 20),
+    Case("fcn_alexnet", FCN_ALEXNET, TRAIN, 1, (1, 64), 20),
+    Case("layer_mix", MIX, TRAIN, 2, (5, 64), 24),
+]
+
+
+# ---------------------------------------------------------------- running the pure API
+
+# Both runs of a comparison are compiled with XLA's cheapest CPU settings: the property
+# under test is netspec's (what the padded graph computes), not XLA's code generation,
+# and it makes each of the ~150 compiles of this file ~10x faster.  The Net tests
+# below run with netspec's own (default) compilation.
+FAST_CPU_COMPILE = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+
+
+def compile_for(fn, args):
+    lowered = jax.jit(fn).lower(*args)
+    if jax.default_backend() == "cpu":
+        try:
+            return lowered.compile(compiler_options=FAST_CPU_COMPILE)
+        except Exception as e:      # an XLA without these options: its defaults
+            if "compile option" not in str(e):
+                raise
+    return lowered.compile()
+
+
+def loss_and_grads(graph):
+    """``(params, state, inputs, extents) -> ((loss, (blobs, new_state)), param_grads)``."""
+    def objective(params, state, inputs, extents):
+        blobs, loss, new_state = compiler.forward(graph, params, state, inputs, extents=extents,
+                                                  train=graph.phase == TRAIN)
+        return loss, (blobs, new_state)
+    return jax.value_and_grad(objective, has_aux=True)
+
+
+_padded_executables = {}
+
+
+def run_exact(case, inputs, h, w):
+    graph = case.graph(h, w)
+    params, state = case.params_and_state
+    args = (params, state, inputs, None)
+    return compile_for(loss_and_grads(graph), args)(*args)
+
+
+def run_padded(case, inputs, h, w, policy=MULTIPLE_32):
+    """The padded run in the bucket of (h, w); one executable per bucket."""
+    bucket_h, bucket_w = round_side(h, policy), round_side(w, policy)
+    graph = case.graph(bucket_h, bucket_w)
+    padded = {}
+    for name, value in inputs.items():
+        padded[name] = np.zeros(graph.blob_shapes[name], np.float32)
+        padded[name][:, :, :h, :w] = value
+    extents = {name: np.array([h, w], np.int32) for name in inputs}
+    params, state = case.params_and_state
+    args = (params, state, padded, extents)
+    key = (case.name, bucket_h, bucket_w)
+    if key not in _padded_executables:
+        _padded_executables[key] = compile_for(loss_and_grads(graph), args)
+    return _padded_executables[key](*args)
+
+
+def assert_close(padded, exact, what):
+    """|padded - exact| <= 1e-5 max|exact| + 1e-6 everywhere, both finite, same shape."""
+    padded, exact = np.asarray(padded, np.float64), np.asarray(exact, np.float64)
+    assert padded.shape == exact.shape, f"{what}: shape {padded.shape}, exact run {exact.shape}"
+    assert np.isfinite(exact).all(), f"{what}: the exact run is not finite"
+    assert np.isfinite(padded).all(), f"{what}: not finite (the exact run is)"
+    tolerance = 1e-5 * np.max(np.abs(exact), initial=0.0) + 1e-6
+    error = np.max(np.abs(padded - exact), initial=0.0)
+    assert error <= tolerance, f"{what}: max |padded - exact| = {error:.3g} > {tolerance:.3g}"
+
+
+def true_shape_view(value, shape):
+    """A padded 4-axis blob cut to its true (exact-run) shape."""
+    value = np.asarray(value)
+    return value[:, :, :shape[2], :shape[3]] if len(shape) == 4 else value
+
+
+def compare_runs(case, exact_graph, exact_run, padded_run, where):
+    (exact_loss, (exact_blobs, exact_state)), exact_grads = exact_run
+    (padded_loss, (padded_blobs, padded_state)), padded_grads = padded_run
+    assert_close(padded_loss, exact_loss, f"{where} loss")
+    for name, shape in exact_graph.blob_shapes.items():
+        assert_close(true_shape_view(padded_blobs[name], shape), exact_blobs[name],
+                     f"{where} blob {name}")
+    assert exact_grads.keys() == padded_grads.keys()
+    for layer_name in exact_grads:
+        for i, (p, e) in enumerate(zip(padded_grads[layer_name], exact_grads[layer_name])):
+            assert_close(p, e, f"{where} gradient of {layer_name}[{i}]")
+    for layer_name in exact_state:
+        for i, (p, e) in enumerate(zip(padded_state[layer_name], exact_state[layer_name])):
+            assert_close(p, e, f"{where} new state of {layer_name}[{i}]")
+
+
+# ---------------------------------------------------------------- padded == exact, pure API
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_padded_run_equals_exact_run_at_random_sizes(case):
+    rs = np.random.RandomState(3)
+    assert len(set(case.sizes)) >= 20
+    for h, w in case.sizes:
+        inputs = case.random_inputs(rs, h, w)
+        where = f"{case.name} at {h}x{w}"
+        compare_runs(case, case.graph(h, w), run_exact(case, inputs, h, w),
+                     run_padded(case, inputs, h, w), where)
+
+
+def test_batchnorm_train_state_and_padded_values_are_nontrivial():
+    """Guards the comparison above against vacuous agreement: the mix net's TRAIN pass
+    changes BatchNorm's statistics, every loss is nonzero, the Power/Log/Exp chain and
+    every param gradient are finite, and the max-pool mask holds indices that use the
+    true width (a padded run indexing with the bucket width would differ)."""
+    case = CASES[-1]
+    h, w = 13, 9
+    inputs = case.random_inputs(np.random.RandomState(4), h, w)
+    (loss, (blobs, new_state)), grads = run_padded(case, inputs, h, w)
+    _, state = case.params_and_state
+    for new, old in zip(new_state["bn_batch"], state["bn_batch"]):
+        assert not np.allclose(new, old)
+    for new, old in zip(new_state["bn_global"], state["bn_global"]):
+        np.testing.assert_array_equal(new, old)
+    for name in case.graph(h, w).blob_shapes:
+        if name.startswith("loss_") or name.startswith("sigmoid") or name == "euclidean":
+            assert float(blobs[name]) != 0.0, name
+    for layer_name, arrays in grads.items():
+        for i, g in enumerate(arrays):
+            assert np.isfinite(np.asarray(g)).all(), f"gradient of {layer_name}[{i}]"
+            assert np.abs(np.asarray(g)).max() > 0, f"gradient of {layer_name}[{i}] is zero"
+    # maxpool: 3x3/2 pad 1 over lrn (h - 2 = 11 by w - 2 = 7): windows start at rows and
+    # columns -1, 1, 3, ...; each index is row * 7 + column of a cell in the 11x7 image
+    mask = true_shape_view(blobs["maxpool_mask"], case.graph(h, w).blob_shapes["maxpool_mask"])
+    assert mask.shape == (2, 6, 6, 4)
+    rows, cols = mask // 7, mask % 7
+    assert (mask == np.round(mask)).all() and (rows < 11).all() and (mask >= 0).all()
+    window_row = np.arange(6)[None, None, :, None] * 2 - 1
+    window_col = np.arange(4)[None, None, None, :] * 2 - 1
+    assert ((rows >= window_row) & (rows < window_row + 3)).all()
+    assert ((cols >= window_col) & (cols < window_col + 3)).all()
