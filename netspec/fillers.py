@@ -39,6 +39,8 @@ def fill(filler, shape, rs):
     kind = filler.type if filler is not None else "constant"
     if filler is None or kind == "constant":
         value = filler.value if filler is not None else 0.0
+        if value == 0:      # calloc'd: no memory is touched until written (weights loaded later)
+            return np.zeros(shape, np.float32)
         return np.full(shape, value, np.float32)
     if kind == "uniform":
         return rs.uniform(filler.min, filler.max, size=shape).astype(np.float32)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import compiler
+from . import compiler, passes
 from .buckets import AUTO, Bucketing, describe_bucket
 from .compilation import Executables
 from .blob import Blob
@@ -83,6 +83,8 @@ class Net:
         self.blobs = OrderedDict()
         self.bucketing = Bucketing(self._build, buckets, name=f'net "{self._net_param.name}"')
         self._plan = None               # the bucket plan of the last forward pass
+        self._kept_vjp = None           # (plan, VJP) of the last forward pass, for backward()
+        self._backward_called = False
         self._set_up_host_data_layers()
         self._graph = self._build(self._declared_input_shapes())
         self._create_blobs(self._graph)
@@ -215,29 +217,56 @@ class Net:
         return {name: np.array(self.blobs[name].data) for name in self._graph.inputs}
 
     # -- the pure view ------------------------------------------------------
-    def param_tree(self):
-        """Learned blobs as ``{owner_layer: [array, ...]}`` (Caffe shapes), for the pure API."""
+    def _param_blobs(self):
+        """``{owner_layer: [Blob, ...]}`` of the learned blobs each layer owns."""
         tree = {}
         for node in self._graph.nodes:
             if node.name in self._state_names:
                 continue
             for (owner, i), blob in zip(node.param_keys, self._layer_blobs[node.name]):
                 if owner == node.name:
-                    tree.setdefault(owner, []).append(blob.data)
+                    tree.setdefault(owner, []).append(blob)
         return tree
 
+    def param_tree(self):
+        """Learned blobs as ``{owner_layer: [array, ...]}`` (Caffe shapes), for the pure API:
+        device arrays where the values are on the device, host arrays otherwise."""
+        return {owner: [b.value() for b in blobs] for owner, blobs in self._param_blobs().items()}
+
     def state_tree(self):
-        return {name: [b.data for b in self._layer_blobs[name]] for name in self._state_names}
+        return {name: [b.value() for b in self._layer_blobs[name]] for name in self._state_names}
+
+    def _device_trees(self):
+        """param_tree() and state_tree() on the device; host values are uploaded once and
+        kept on the blobs for later passes (netspec.blob)."""
+        def upload(blobs):
+            values = []
+            for blob in blobs:
+                value = blob.value()
+                if isinstance(value, np.ndarray):
+                    value = jax.device_put(value)
+                    blob.keep_device_copy(value)
+                values.append(value)
+            return values
+        params = {owner: upload(blobs) for owner, blobs in self._param_blobs().items()}
+        state = {name: upload(self._layer_blobs[name]) for name in self._state_names}
+        return params, state
 
     def set_param_tree(self, params, state=None):
-        """Copy pure-API params (and state) back into the host blobs."""
-        for node in self._graph.nodes:
-            for (owner, i), blob in zip(node.param_keys, self._layer_blobs[node.name]):
-                if owner == node.name and owner in params:
-                    blob.data[...] = np.asarray(params[owner][i])
+        """Take pure-API params (and state), device or host arrays, as the blobs' values."""
+        for owner, blobs in self._param_blobs().items():
+            for blob, value in zip(blobs, params.get(owner, ())):
+                self._set_value(blob, value)
         for name, arrays in (state or {}).items():
-            for blob, a in zip(self._layer_blobs[name], arrays):
-                blob.data[...] = np.asarray(a)
+            for blob, value in zip(self._layer_blobs[name], arrays):
+                self._set_value(blob, value)
+
+    @staticmethod
+    def _set_value(blob, value):
+        if isinstance(value, jax.Array):
+            blob.set_device(value)
+        else:
+            blob.set_host(value)
 
     # -- passes -------------------------------------------------------------
     def _input_values(self):
@@ -265,16 +294,14 @@ class Net:
         phase = "TRAIN" if self.phase == TRAIN else "TEST"
         return f'{kind} of net "{self.name}" ({phase}), bucket {describe_bucket(plan)}'
 
-    def _forward_fn(self, plan, keep, args):
-        graph, train = plan.graph, self.phase == TRAIN
+    def _compiled(self, kind, plan, make, args, key=()):
+        return self._executables.get((kind, id(plan.graph), plan.padded) + tuple(key), make, args,
+                                     self._what(kind, plan))
 
-        def make():
-            def run(params, state, inputs, extents, rng):
-                return compiler.forward(graph, params, state, inputs, train=train, rng=rng, keep=keep,
-                                        extents=extents)
-            return jax.jit(run)
-        return self._executables.get(("forward", id(graph), keep, plan.padded), make, args,
-                                     self._what("forward", plan))
+    def _expects_backward(self):
+        """Whether forward() keeps the VJP for a backward(): TRAIN nets, nets with
+        force_backward, and any net whose backward() has been called."""
+        return self.phase == TRAIN or self._graph.force_backward or self._backward_called
 
     def plan(self):
         """The bucket plan for the current input blob shapes (``netspec.buckets.Plan``)."""
@@ -319,38 +346,24 @@ class Net:
         self.reshape()
         plan = self._plan = self.plan()
         self._last_rng = self._next_rng()
-        args = (self.param_tree(), self.state_tree(), plan.pad_inputs(self._input_values()), plan.extents,
-                self._last_rng)
-        result, loss, new_state = self._forward_fn(plan, None, args)(*args)
+        params, state = self._device_trees()
+        args = (params, state, plan.pad_inputs(self._input_values()), plan.extents, self._last_rng)
+        vjp = self._expects_backward()
+        train = self.phase == TRAIN
+        run = self._compiled("forward", plan, lambda: jax.jit(passes.forward(plan.graph, train, vjp)), args,
+                             key=(vjp,))
+        result, _, new_state, pullback = run(*args)
+        self._kept_vjp = (plan, pullback) if vjp else None
         for name, value in result.items():
             if name not in plan.graph.inputs:
-                self.blobs[name]._data = np.array(plan.crop(name, np.asarray(value)))
-        if self.phase == TRAIN:
+                self.blobs[name].set_device(value, plan.exact.blob_shapes[name])
+        if train:
             for name, arrays in new_state.items():
                 for blob, a in zip(self._layer_blobs[name], arrays):
-                    blob.data[...] = np.asarray(a)
+                    blob.set_device(a)
         outs = list(self.top_names[end]) if end is not None else self.outputs
         outs += [b for b in (blobs or []) if b not in outs]
         return {name: self.blobs[name].data for name in outs}
-
-    def _grad_fn(self, plan, seeded, args):
-        graph, train = plan.graph, self.phase == TRAIN
-        probe_names = [n for n in graph.blob_shapes if n not in graph.inputs]
-
-        def make():
-            def objective(params, probes, state, inputs, extents, seeds, rng):
-                blobs, loss, _ = compiler.forward(graph, params, state, inputs, train=train, rng=rng,
-                                                  probes=probes, keep=seeded, extents=extents)
-                return loss + sum(jnp.sum(seeds[n] * blobs[n]) for n in seeded)
-
-            grad = jax.grad(objective, argnums=(0, 1, 3))
-
-            def run(params, state, inputs, extents, seeds, rng):
-                probes = {n: jnp.zeros(graph.blob_shapes[n], jnp.float32) for n in probe_names}
-                return grad(params, probes, state, inputs, extents, seeds, rng)
-            return jax.jit(run)
-        return self._executables.get(("backward", id(graph), seeded, plan.padded), make, args,
-                                     self._what("backward", plan))
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Back-propagate from the loss (and from top diffs given as keywords, ``net.backward(prob=d)``).
@@ -361,27 +374,38 @@ class Net:
         if start is not None or end is not None:
             raise NetspecError("net.backward(start=..., end=...) is not supported; back-propagate the whole net")
         graph = self._graph
+        self._backward_called = True
         plan = self._plan if self._plan is not None and self._plan.exact is graph else self.plan()
         seeds = {}
         for name, value in kwargs.items():
             if name not in graph.blob_shapes:
                 raise NetspecError(f'backward(): the net has no blob "{name}"')
             seeds[name] = plan.pad_blob(name, np.asarray(value, np.float32).reshape(graph.blob_shapes[name]))
-        rng = self._last_rng if self._last_rng is not None else self._next_rng()
-        args = (self.param_tree(), self.state_tree(), plan.pad_inputs(self._input_values()), plan.extents,
-                seeds, rng)
-        param_grads, blob_grads, input_grads = self._grad_fn(plan, tuple(sorted(seeds)), args)(*args)
+        seeded = tuple(sorted(seeds))
+        kept = self._kept_vjp
+        if kept is not None and kept[0] is plan:
+            # the forward pass kept its VJP: one backward pass, nothing recomputed
+            args = (kept[1], seeds)
+            run = self._compiled("backward", plan, lambda: jax.jit(passes.backward_from_vjp(plan.graph, seeded)),
+                                 args, key=("vjp", seeded))
+        else:
+            rng = self._last_rng if self._last_rng is not None else self._next_rng()
+            params, state = self._device_trees()
+            args = (params, state, plan.pad_inputs(self._input_values()), plan.extents, seeds, rng)
+            run = self._compiled("backward", plan,
+                                 lambda: jax.jit(passes.backward(plan.graph, self.phase == TRAIN, seeded)),
+                                 args, key=("recompute", seeded))
+        param_grads, blob_grads, input_grads = run(*args)
         blob_grads = {**blob_grads, **(input_grads if graph.force_backward else {})}
-        blob_grads = {name: plan.crop(name, np.asarray(value)) for name, value in blob_grads.items()}
         for node in graph.nodes:
             for (owner, i), blob, lr in zip(node.param_keys, self._layer_blobs[node.name], node.lr_mults):
                 if owner == node.name and owner in param_grads and (lr != 0 or graph.force_backward):
-                    blob.diff[...] += np.asarray(param_grads[owner][i])
+                    blob.accumulate_diff(param_grads[owner][i])
         for name, blob in self.blobs.items():
             if name in blob_grads and (graph.blob_need_backward.get(name) or graph.force_backward):
-                blob.diff[...] = np.asarray(blob_grads[name])
+                blob.set_diff_device(blob_grads[name])
             elif name in graph.inputs:
-                blob.diff[...] = 0
+                blob.clear_diff()
         for node in graph.nodes:
             for t, w in zip(node.tops, node.loss_weights):
                 if w:
@@ -394,7 +418,7 @@ class Net:
     def clear_param_diffs(self):
         for blobs in self._layer_blobs.values():
             for blob in blobs:
-                blob.diff[...] = 0
+                blob.clear_diff()
 
     def forward_all(self, blobs=None, **kwargs):
         """pycaffe's ``forward_all``: run batches of inputs through the net, concatenating outputs."""
@@ -422,7 +446,7 @@ class Net:
                 raise NetspecError(f'{path}: layer "{name}" has {len(arrays)} blobs in the file but '
                                    f'{len(target)} in the net; the weights do not fit this net')
             for i, (blob, array) in enumerate(zip(target, arrays)):
-                blob.data[...] = match_blob_shape(array, blob.shape, f'{path}: layer "{name}" blob {i}')
+                blob.set_host(match_blob_shape(array, blob.shape, f'{path}: layer "{name}" blob {i}'))
 
     def share_with(self, other):
         """Use ``other``'s blobs for every layer of the same name (Caffe's ``ShareTrainedLayersWith``)."""
@@ -437,7 +461,7 @@ class Net:
 
     def weights(self):
         """``{layer: [array, ...]}`` for every layer with blobs, in Caffe's order."""
-        return OrderedDict((name, [b.data for b in blobs]) for name, blobs in self._layer_blobs.items() if blobs)
+        return OrderedDict((name, [b.numpy() for b in blobs]) for name, blobs in self._layer_blobs.items() if blobs)
 
     def to_proto(self):
         """The kept layers as a ``NetParameter`` (structure only)."""

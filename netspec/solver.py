@@ -346,7 +346,9 @@ class Solver:
                            "Lower base_lr or check the data")
 
     def _sync_to_net(self, params, state):
-        self.net.set_param_tree(jax.device_get(params), jax.device_get(state))
+        """The step's params and state become the net's blobs' values (no copy: they stay
+        on the device until someone reads them)."""
+        self.net.set_param_tree(params, state)
 
     def _log_outputs(self, which, graph, values):
         index = 0
