@@ -117,8 +117,14 @@ class Blob:
     def diff(self, value):
         self.diff[...] = value
 
-    def set_diff_device(self, array, shape=None):
-        """A new diff from a device array (overwrites, as blob diffs are in Caffe)."""
+    @property
+    def diff_on_host(self):
+        """Whether the diff is in host memory (False: on the device, or zero and never read)."""
+        return self._diff is not None
+
+    def set_diff_device(self, array):
+        """A new diff from a device array, maybe padded larger than the blob (overwrites, as
+        blob diffs are in Caffe)."""
         if self._diff_handed_out and self._diff is not None and self._diff.shape == self._shape:
             self._diff[...] = np.asarray(array)[tuple(slice(0, d) for d in self._shape)]
             return

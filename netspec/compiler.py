@@ -88,7 +88,7 @@ class _Blobs:
 
 
 def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None, keep=None,
-            precision="highest", extents=None):
+            precision="highest", extents=None, compute_dtype=None):
     """Run the net.  Returns ``(blobs, loss, new_state)``.
 
     ``inputs``: ``{blob: array}`` for ``graph.inputs`` (Caffe axis order).
@@ -101,10 +101,38 @@ def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None,
     computes; GPUs would otherwise use TF32) unless a caller trades accuracy for speed.
     ``extents``: ``{input blob: (h, w)}`` for a padded pass (see the module docstring);
     blobs are returned at the graph's (bucket) shapes, exact inside their extents.
+    ``compute_dtype``: e.g. ``jnp.bfloat16`` for mixed precision: each layer gets its
+    params and float bottoms in that type (the float32 params stay the masters: their
+    gradients come back in float32), except layers marked ``float32_compute`` (losses,
+    softmax, BatchNorm, LRN); the loss sums in float32 and blobs are returned in float32.
     """
     extents = {name: (e[0], e[1]) for name, e in (extents or {}).items()}
     with jax.default_matmul_precision(precision):
-        return _forward(graph, params, state, inputs, train, rng, probes, keep, extents)
+        return _forward(graph, params, state, inputs, train, rng, probes, keep, extents, compute_dtype)
+
+
+#: What users choose (``--precision``): float32 with full-precision matmuls (Caffe's
+#: arithmetic), float32 with TF32 tensor-core matmuls (GPUs), or bfloat16 compute with
+#: float32 master weights, loss and statistics.
+PRECISIONS = {
+    "fp32": {"precision": "highest", "compute_dtype": None},
+    "tf32": {"precision": "tensorfloat32", "compute_dtype": None},
+    "bf16": {"precision": "default", "compute_dtype": jnp.bfloat16},
+}
+
+
+def precision_options(name):
+    """``forward``'s keyword arguments for a precision name (fp32, tf32, bf16)."""
+    try:
+        return dict(PRECISIONS[name or "fp32"])
+    except KeyError:
+        raise NetspecError(f'precision "{name}": use one of {", ".join(PRECISIONS)}') from None
+
+
+def _cast(x, dtype):
+    if dtype is None or not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+        return x
+    return x.astype(dtype)
 
 
 def blob_extents(graph, input_extents):
@@ -122,7 +150,7 @@ def blob_extents(graph, input_extents):
     return known
 
 
-def _forward(graph, params, state, inputs, train, rng, probes, keep, extents):
+def _forward(graph, params, state, inputs, train, rng, probes, keep, extents, compute_dtype):
     probes = probes or {}
     blobs = _Blobs()
     loss = jnp.zeros((), jnp.float32)
@@ -148,6 +176,10 @@ def _forward(graph, params, state, inputs, train, rng, probes, keep, extents):
             bottoms = [b if down else jax.lax.stop_gradient(b)
                        for b, down in zip(bottoms, node.propagate_down)]
             layer_params = [params[owner][i] for owner, i in node.param_keys]
+            if compute_dtype is not None:
+                dtype = jnp.float32 if impl.float32_compute else compute_dtype
+                bottoms = [_cast(b, dtype) for b in bottoms]
+                layer_params = [_cast(p, dtype) for p in layer_params]
             layer_rng = None if rng is None else jax.random.fold_in(rng, index)
             ctx = LayerContext(train, layer_rng, state.get(node.name, ()),
                                bottom_extents if padded else None)
@@ -159,7 +191,7 @@ def _forward(graph, params, state, inputs, train, rng, probes, keep, extents):
             top_extents = impl.top_extents(bottom_extents) if padded else [None] * len(tops)
         for name, top, weight, extent in zip(node.tops, tops, node.loss_weights, top_extents):
             if name in probes and name not in node.bottoms:
-                probe = probes[name]
+                probe = _cast(probes[name], top.dtype)
                 top = top + (_to_channels_last(probe) if channels_last and probe.ndim >= 3 else probe)
             if weight:
                 counted = top if extent is None or top.ndim != 4 else \
@@ -167,4 +199,7 @@ def _forward(graph, params, state, inputs, train, rng, probes, keep, extents):
                 loss = loss + weight * jnp.sum(counted).astype(jnp.float32)
             blobs.set(name, top, channels_last, extent)
     names = graph.blob_shapes if keep is None else keep
-    return {name: blobs.get(name, False) for name in names}, loss, new_state
+    returned = {name: blobs.get(name, False) for name in names}
+    if compute_dtype is not None:
+        returned = {name: _cast(value, jnp.float32) for name, value in returned.items()}
+    return returned, loss, new_state

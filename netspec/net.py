@@ -58,7 +58,7 @@ class Net:
     """A net built from a prototxt (path or ``NetParameter``) for one phase."""
 
     def __init__(self, model, *args, weights=None, phase=None, level=0, stages=(),
-                 python_path=(), seed=0, buckets=AUTO, log=None, prefetch=False):
+                 python_path=(), seed=0, buckets=AUTO, log=None, prefetch=False, precision="fp32"):
         from .proto import caffe_pb2
         from .prototxt import read_net
         weights, phase = _parse_net_args(args, weights, phase)
@@ -75,6 +75,8 @@ class Net:
             self._python_path += (os.path.dirname(os.path.abspath(self._source)),)
         self._python_objects = {}       # layer name -> user object, kept across reshapes
         self._prefetch = prefetch
+        self.precision = precision
+        self._options = compiler.precision_options(precision)
         self._graphs = {}
         self._executables = Executables(log)
         self._rng = jax.random.PRNGKey(seed)
@@ -350,8 +352,8 @@ class Net:
         args = (params, state, plan.pad_inputs(self._input_values()), plan.extents, self._last_rng)
         vjp = self._expects_backward()
         train = self.phase == TRAIN
-        run = self._compiled("forward", plan, lambda: jax.jit(passes.forward(plan.graph, train, vjp)), args,
-                             key=(vjp,))
+        run = self._compiled("forward", plan, lambda: jax.jit(passes.forward(plan.graph, train, vjp, self._options)),
+                             args, key=(vjp,))
         result, _, new_state, pullback = run(*args)
         self._kept_vjp = (plan, pullback) if vjp else None
         for name, value in result.items():
@@ -393,7 +395,8 @@ class Net:
             params, state = self._device_trees()
             args = (params, state, plan.pad_inputs(self._input_values()), plan.extents, seeds, rng)
             run = self._compiled("backward", plan,
-                                 lambda: jax.jit(passes.backward(plan.graph, self.phase == TRAIN, seeded)),
+                                 lambda: jax.jit(passes.backward(plan.graph, self.phase == TRAIN, seeded,
+                                                                 self._options)),
                                  args, key=("recompute", seeded))
         param_grads, blob_grads, input_grads = run(*args)
         blob_grads = {**blob_grads, **(input_grads if graph.force_backward else {})}

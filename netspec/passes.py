@@ -25,17 +25,20 @@ def _zero_probes(graph):
     return {n: jnp.zeros(graph.blob_shapes[n], jnp.float32) for n in _probe_names(graph)}
 
 
-def forward(graph, train, vjp=False):
-    """``run(params, state, inputs, extents, rng) -> (blobs, loss, new_state, vjp or None)``."""
+def forward(graph, train, vjp=False, options=None):
+    """``run(params, state, inputs, extents, rng) -> (blobs, loss, new_state, vjp or None)``.
+    ``options``: more keyword arguments of ``compiler.forward`` (precision)."""
+    options = options or {}
+
     def run(params, state, inputs, extents, rng):
         if not vjp:
             blobs, loss, new_state = compiler.forward(graph, params, state, inputs, train=train, rng=rng,
-                                                      extents=extents)
+                                                      extents=extents, **options)
             return blobs, loss, new_state, None
 
         def pass_(params, probes, inputs):
             blobs, loss, new_state = compiler.forward(graph, params, state, inputs, train=train, rng=rng,
-                                                      probes=probes, extents=extents)
+                                                      probes=probes, extents=extents, **options)
             return (blobs, loss), new_state
 
         (blobs, loss), pullback, new_state = jax.vjp(pass_, params, _zero_probes(graph), inputs, has_aux=True)
@@ -53,12 +56,14 @@ def backward_from_vjp(graph, seeded):
     return run
 
 
-def backward(graph, train, seeded):
+def backward(graph, train, seeded, options=None):
     """``run(params, state, inputs, extents, seeds, rng) -> (param grads, blob diffs, input
     diffs)``, recomputing the forward pass."""
+    options = options or {}
+
     def objective(params, probes, state, inputs, extents, seeds, rng):
         blobs, loss, _ = compiler.forward(graph, params, state, inputs, train=train, rng=rng,
-                                          probes=probes, keep=seeded, extents=extents)
+                                          probes=probes, keep=seeded, extents=extents, **options)
         return loss + sum(jnp.sum(seeds[n] * blobs[n]) for n in seeded)
 
     grad = jax.grad(objective, argnums=(0, 1, 3))

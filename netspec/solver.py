@@ -50,7 +50,7 @@ class Solver:
     """A solver prototxt ready to train: ``solver.step(n)``, ``solver.solve()``, ``solver.net``."""
 
     def __init__(self, solver, *, python_path=(), devices=None, log=None, weights=None, solver_type=None,
-                 buckets=AUTO):
+                 buckets=AUTO, precision="fp32"):
         from .prototxt import read_solver
         from .proto import caffe_pb2
         if isinstance(solver, caffe_pb2.SolverParameter):
@@ -69,6 +69,8 @@ class Solver:
         seed = int(self.param.random_seed) if self.param.random_seed >= 0 else 0
         self._seed = seed
         self._buckets = buckets
+        self.precision = precision
+        self._options = compiler.precision_options(precision)
         self.net = self._make_train_net(seed)
         self.test_nets = self._make_test_nets(seed)
         self.iter = 0
@@ -121,7 +123,7 @@ class Solver:
         s = self.param.train_state
         return Net(self._train_net_source(), phase=TRAIN, level=s.level, stages=tuple(s.stage),
                    python_path=self.python_path, seed=seed, buckets=self._buckets, log=self.log,
-                   prefetch=True)
+                   prefetch=True, precision=self.precision)
 
     def _make_test_nets(self, seed):
         p = self.param
@@ -143,7 +145,7 @@ class Solver:
             state = p.test_state[i] if p.test_state else None
             net = Net(source, phase=TEST, level=state.level if state else 0,
                       stages=tuple(state.stage) if state else (), python_path=self.python_path, seed=seed,
-                      buckets=self._buckets, log=self.log, prefetch=True)
+                      buckets=self._buckets, log=self.log, prefetch=True, precision=self.precision)
             net.share_with(self.net)
             nets.append(net)
         return nets
@@ -179,7 +181,7 @@ class Solver:
 
         def loss_fn(params, state, inputs, extents, rng):
             blobs, loss, new_state = compiler.forward(graph, params, state, inputs, train=True,
-                                                      rng=rng, keep=keep, extents=extents)
+                                                      rng=rng, keep=keep, extents=extents, **self._options)
             return loss, (blobs, new_state)
         return jax.value_and_grad(loss_fn, has_aux=True)
 

@@ -31,6 +31,8 @@ def add_arguments(p):
     p.add_argument("--val-images", type=int, default=40)
     p.add_argument("--size", type=int, default=96, help="image side in pixels (one size: one compile)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="training and scoring arithmetic (see netspec train --help)")
 
 
 def load_model_module():
@@ -136,7 +138,7 @@ def run(args):
     val_net_param = _point_data_layer(model.fcn("val"), data_dir, mean)
     write_net(os.path.join(out, "val.prototxt"), val_net_param)
     with open(os.path.join(out, "train.log"), "w") as log_file:
-        solver = Solver(sp, log=Log(_Tee(sys.stderr, log_file)))
+        solver = Solver(sp, log=Log(_Tee(sys.stderr, log_file)), precision=args.precision)
         solver.solve()
     with open(os.path.join(out, "train.log")) as f:
         points = [(int(m.group(1)), float(m.group(2)))
@@ -145,7 +147,7 @@ def run(args):
     weights = f"{solver._snapshot_prefix()}_iter_{solver.iter}.caffemodel"
 
     print(f"[3/4] scoring on the {args.val_images} val images", flush=True)
-    net = Net(val_net_param, weights=weights, phase=TEST)
+    net = Net(val_net_param, weights=weights, phase=TEST, precision=args.precision)
     result = scores(net_hist(net, args.val_images, n_cl))
     report = format_scores(result, list(class_names))
     with open(os.path.join(out, "scores.txt"), "w") as f:

@@ -106,7 +106,8 @@ class Layer:
     Class attributes: ``min_bottoms``/``max_bottoms``/``min_tops``/``max_tops``
     (None = unbounded), ``channels_last``, ``elementwise``, ``is_loss`` (a loss
     layer's first top gets ``loss_weight`` 1 unless the prototxt says otherwise),
-    ``spatially_local`` (padded execution; a property where the parameters decide).
+    ``spatially_local`` (padded execution; a property where the parameters decide),
+    ``float32_compute`` (losses, softmax and statistics stay float32 in a bf16 pass).
     """
 
     type = None
@@ -116,6 +117,7 @@ class Layer:
     elementwise = False
     is_loss = False
     spatially_local = False
+    float32_compute = False     # in a bf16 pass, compute in float32 anyway (losses, statistics)
 
     def __init__(self, layer_param, bottom_shapes, phase=TEST):
         self.lp = layer_param

@@ -138,6 +138,7 @@ def _softmax(x, axis):
 
 class _LossLayer(Layer):
     is_loss = True
+    float32_compute = True
     min_tops, max_tops = 1, 1
 
     def top_shapes(self):
@@ -149,6 +150,7 @@ class _LossLayer(Layer):
 @register("Softmax")
 class Softmax(Layer):
     """Softmax over ``softmax_param.axis`` (default 1, the channels)."""
+    float32_compute = True
     min_bottoms, max_bottoms = 1, 1
     min_tops, max_tops = 1, 1
     channels_last = True
@@ -564,6 +566,7 @@ class Accuracy(Layer):
     min_bottoms, max_bottoms = 2, 2
     min_tops, max_tops = 1, 2
     channels_last = True
+    float32_compute = True
 
     def setup(self):
         scores, labels = self.bottom_shapes

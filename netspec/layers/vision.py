@@ -298,7 +298,7 @@ def _max_value(x, kernel, strides, pads):
     xp = _pad_hw(x, pads, -jnp.inf)
     y = lax.reduce_window(xp, np.array(-np.inf, x.dtype), lax.max,
                           (1,) + tuple(kernel) + (1,), (1,) + tuple(strides) + (1,), "VALID")
-    return jnp.maximum(y, jnp.asarray(-np.finfo(np.float32).max, x.dtype))
+    return jnp.maximum(y, jnp.asarray(-jnp.finfo(x.dtype).max, x.dtype))
 
 
 def _first_max_hits(x, y, kernel, strides, pads):
@@ -516,6 +516,7 @@ class LRN(Layer):
         self.across = p.norm_region == LRNParameter.ACROSS_CHANNELS
 
     spatially_local = True
+    float32_compute = True      # a power of a sum of squares
 
     def spatial_fill(self, index):
         return None if self.across else 0.0
