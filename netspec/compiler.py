@@ -102,9 +102,10 @@ def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None,
     ``extents``: ``{input blob: (h, w)}`` for a padded pass (see the module docstring);
     blobs are returned at the graph's (bucket) shapes, exact inside their extents.
     ``compute_dtype``: e.g. ``jnp.bfloat16`` for mixed precision: each layer gets its
-    params and float bottoms in that type (the float32 params stay the masters: their
-    gradients come back in float32), except layers marked ``float32_compute`` (losses,
-    softmax, BatchNorm, LRN); the loss sums in float32 and blobs are returned in float32.
+    float bottoms in that type, except layers marked ``float32_compute`` (losses,
+    softmax, BatchNorm, LRN); params stay float32 masters that layers cast at use (so
+    convolution weight gradients accumulate in float32); the loss sums in float32 and
+    blobs are returned in float32.
     """
     extents = {name: (e[0], e[1]) for name, e in (extents or {}).items()}
     with jax.default_matmul_precision(precision):
@@ -176,10 +177,9 @@ def _forward(graph, params, state, inputs, train, rng, probes, keep, extents, co
             bottoms = [b if down else jax.lax.stop_gradient(b)
                        for b, down in zip(bottoms, node.propagate_down)]
             layer_params = [params[owner][i] for owner, i in node.param_keys]
-            if compute_dtype is not None:
+            if compute_dtype is not None:   # params stay float32: layers cast them at use
                 dtype = jnp.float32 if impl.float32_compute else compute_dtype
                 bottoms = [_cast(b, dtype) for b in bottoms]
-                layer_params = [_cast(p, dtype) for p in layer_params]
             layer_rng = None if rng is None else jax.random.fold_in(rng, index)
             ctx = LayerContext(train, layer_rng, state.get(node.name, ()),
                                bottom_extents if padded else None)

@@ -42,6 +42,11 @@ def _broadcastable(layer, values, axis, ndim):
     return jnp.moveaxis(values, 1, -1) if layer.channels_last and ndim >= 3 else values
 
 
+def _like(values, x):
+    """A parameter in the activations' type (float32 masters in a bf16 pass)."""
+    return values.astype(x.dtype)
+
+
 # -- normalization and affine ----------------------------------------------
 
 @register("BatchNorm")
@@ -193,10 +198,10 @@ class Scale(_AxisAffine):
 
     def forward(self, ctx, params, bottoms):
         x = bottoms[0]
-        scale = self._operand(bottoms, params, 0)
+        scale = _like(self._operand(bottoms, params, 0), x)
         top = x * _broadcastable(self, scale, self.axis, x.ndim)
         if self.bias_term:
-            bias = params[-1]
+            bias = _like(params[-1], x)
             top = top + _broadcastable(self, bias, self.axis, x.ndim)
         return [top]
 
@@ -220,7 +225,7 @@ class Bias(_AxisAffine):
 
     def forward(self, ctx, params, bottoms):
         x = bottoms[0]
-        bias = self._operand(bottoms, params, 0)
+        bias = _like(self._operand(bottoms, params, 0), x)
         return [x + _broadcastable(self, bias, self.axis, x.ndim)]
 
 

@@ -35,12 +35,15 @@ def _xla_conv(x, kernel, strides, padding, dilation):
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d_nhwc(x, kernel, strides, padding, dilation):
     """Cross-correlation of x (N, H, W, C) with kernel (KH, KW, C, O); strides,
-    dilation: (h, w); padding: ((lo, hi), (lo, hi)).  Same result as XLA's conv."""
-    return _xla_conv(x, kernel, strides, padding, dilation)
+    dilation: (h, w); padding: ((lo, hi), (lo, hi)).  Same result as XLA's conv.
+    The kernel may be wider than x (float32 master weights in a bfloat16 pass): it is
+    cast to x's type for the products, and its gradient is accumulated and returned in
+    its own type, never rounded to bfloat16."""
+    return _xla_conv(x, kernel.astype(x.dtype), strides, padding, dilation)
 
 
 def _conv_fwd(x, kernel, strides, padding, dilation):
-    return _xla_conv(x, kernel, strides, padding, dilation), (x, kernel)
+    return _xla_conv(x, kernel.astype(x.dtype), strides, padding, dilation), (x, kernel)
 
 
 def _pad_hw(x, padding):
@@ -184,7 +187,8 @@ def _weight_grad_xla(x, kernel, g, strides, padding, dilation):
 
 def _conv_bwd(strides, padding, dilation, residuals, g):
     x, kernel = residuals
-    _, data_pullback = jax.vjp(lambda a: _xla_conv(a, kernel, strides, padding, dilation), x)
+    narrow = kernel.astype(x.dtype)
+    _, data_pullback = jax.vjp(lambda a: _xla_conv(a, narrow, strides, padding, dilation), x)
     dx = data_pullback(g)[0]
 
     def on_cpu(x, kernel, g):
@@ -192,7 +196,7 @@ def _conv_bwd(strides, padding, dilation, residuals, g):
         return dw.astype(kernel.dtype)
 
     def elsewhere(x, kernel, g):
-        return _weight_grad_xla(x, kernel, g, strides, padding, dilation)
+        return _weight_grad_xla(x, narrow, g, strides, padding, dilation).astype(kernel.dtype)
 
     dw = (on_cpu if runs_on_cpu() else elsewhere)(x, kernel, g)
     return dx, dw
@@ -213,7 +217,7 @@ def conv2d_im2col(x, kernel, strides, padding, dilation):
         patches = views[0].reshape(-1, c)
     else:
         patches = jax.numpy.stack(views, axis=-1).reshape(-1, c * kh * kw)  # (C, KH, KW) order
-    weight = jax.numpy.transpose(kernel, (3, 2, 0, 1)).reshape(o, c * kh * kw)
+    weight = jax.numpy.transpose(kernel, (3, 2, 0, 1)).reshape(o, c * kh * kw).astype(x.dtype)
     # precision: the caller's (compiler.forward: "highest"), so that a TF32 run is TF32 here too
     y = lax.dot_general(patches, weight, (((1,), (1,)), ((), ())))
     return y.reshape((x.shape[0],) + out_hw + (o,))
@@ -243,6 +247,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                and lhs_dilation in (None, (1, 1), [1, 1]) and not isinstance(padding, str)
                and not kwargs and len(dilation) == 2)
     if not applies:
+        rhs = rhs.astype(lhs.dtype)
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding,
                                         lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                                         dimension_numbers=dimension_numbers,
@@ -253,5 +258,5 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         # compiles in a second instead of autotuning the im2col GEMMs
         if runs_on_cpu():
             return conv2d_im2col(lhs, rhs, strides, padding, dilation)
-        return _xla_conv(lhs, rhs, strides, padding, dilation)
+        return _xla_conv(lhs, rhs.astype(lhs.dtype), strides, padding, dilation)
     return conv2d_nhwc(lhs, rhs, strides, padding, dilation)

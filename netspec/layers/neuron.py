@@ -238,7 +238,7 @@ class PReLU(Layer):
         return [p.filler if p.HasField("filler") else _constant_filler(0.25)]
 
     def forward(self, ctx, params, bottoms):
-        x, slope = bottoms[0], params[0]
+        x, slope = bottoms[0], params[0].astype(bottoms[0].dtype)
         if not self.channel_shared:
             ndim = x.ndim
             axis = channels_last_axis(1, ndim) if self.channels_last else 1

@@ -183,7 +183,8 @@ class Convolution(_ConvolutionBase):
 
     def _compute(self, weight, x):
         n = self.num_spatial
-        kernel = jnp.transpose(weight, tuple(range(2, n + 2)) + (1, 0)).astype(x.dtype)
+        # the kernel keeps its type (float32 masters in a bf16 pass): conv_grad casts it
+        kernel = jnp.transpose(weight, tuple(range(2, n + 2)) + (1, 0))
         return conv_grad.conv_general_dilated(
             x, kernel, window_strides=self.stride, padding=[(p, p) for p in self.pad],
             rhs_dilation=self.dilation, dimension_numbers=self._dimension_numbers(),
