@@ -36,9 +36,13 @@ import json, os, sys, time
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {bench_dir!r})
 import numpy as np
-from bench_caffemodel_io import vgg16_net_and_weights
+from bench_caffemodel_io import v1_deploy_and_net, vgg16_net_and_weights
 from netspec.caffemodel import write_caffemodel
 net, weights = vgg16_net_and_weights()
+if {v1!r}:   # VGG16's own formats: V1 caffemodel and V1 deploy prototxt
+    deploy, net = v1_deploy_and_net(net)
+    with open({deploy!r}, "w") as f:
+        f.write(deploy)
 t, c = time.perf_counter(), time.process_time()
 write_caffemodel({path!r}, net, weights)
 seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - c
@@ -89,6 +93,54 @@ print(json.dumps(dict(seconds=seconds, cpu_seconds=cpu_seconds, parse_seconds=pa
 """
 
 
+CHILD_NET = """
+import json, resource, sys, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+import netspec
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t, c = time.perf_counter(), time.process_time()
+net = netspec.Net({deploy!r}, {path!r}, netspec.TEST)
+seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - c
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sums = {{name: [float(b.data.sum(dtype=np.float64)) for b in blobs] for name, blobs in net.params.items()}}
+print(json.dumps(dict(seconds=seconds, cpu_seconds=cpu_seconds, base_kb=base, peak_kb=peak, sums=sums)))
+"""
+
+V1_TYPES = {"Convolution": "CONVOLUTION", "ReLU": "RELU", "InnerProduct": "INNER_PRODUCT"}
+# (the V1 net gets VGG16's five max poolings, which carry no weights)
+
+
+def v1_deploy_and_net(net):
+    """VGG16's real file formats: a V1 deploy prototxt (``input:``/``input_dim``, ``layers``
+    with enum types) and the same layers as a V1 NetParameter for a V1 caffemodel."""
+    from google.protobuf import text_format
+    from netspec.proto import caffe_pb2
+    V1 = caffe_pb2.V1LayerParameter
+    v1 = caffe_pb2.NetParameter(name=net.name)
+    top = "data"
+    for layer in net.layer:
+        old = v1.layers.add(name=layer.name, bottom=[top] if layer.type != "ReLU" else layer.bottom,
+                            top=layer.top)
+        old.type = V1.LayerType.Value(V1_TYPES[layer.type])
+        if layer.type == "Convolution":
+            old.convolution_param.CopyFrom(layer.convolution_param)
+        elif layer.type == "InnerProduct":
+            old.inner_product_param.CopyFrom(layer.inner_product_param)
+        top = layer.top[0]
+        if layer.type == "ReLU" and layer.name in ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"):
+            pool = v1.layers.add(name="pool" + layer.name[4], type=V1.POOLING, bottom=[top],
+                                 top=["pool" + layer.name[4]])
+            pool.pooling_param.pool = caffe_pb2.PoolingParameter.MAX
+            pool.pooling_param.kernel_size, pool.pooling_param.stride = 2, 2
+            top = pool.top[0]
+    deploy = caffe_pb2.NetParameter()
+    deploy.CopyFrom(v1)
+    deploy.input.append("data")
+    deploy.input_dim.extend([1, 3, 224, 224])
+    return text_format.MessageToString(deploy), v1
+
+
 def vgg16_net_and_weights(seed=0):
     """A VGG16-shaped V2 net (conv/ReLU/fc layers) and random float32 weights."""
     import numpy as np
@@ -115,8 +167,9 @@ def vgg16_net_and_weights(seed=0):
     return net, weights
 
 
-def run_child(template, path):
-    code = template.format(repo=REPO, path=path, bench_dir=os.path.dirname(os.path.abspath(__file__)))
+def run_child(template, path, v1=False, deploy=""):
+    code = template.format(repo=REPO, path=path, bench_dir=os.path.dirname(os.path.abspath(__file__)),
+                           v1=v1, deploy=deploy)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -144,9 +197,18 @@ def main():
             for got, want in zip(fast["sums"][name], sums):
                 assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), (name, got, want)
         stock = None if args.no_stock else run_child(CHILD_STOCK, path)
+        # Net(deploy, weights) on VGG16's own formats: V1 prototxt and V1 caffemodel
+        v1_path, deploy = path + ".v1.caffemodel", path + ".deploy.prototxt"
+        run_child(CHILD_WRITE, v1_path, v1=True, deploy=deploy)
+        v1_size = os.path.getsize(v1_path)
+        built = run_child(CHILD_NET, v1_path, deploy=deploy)
+        for name, sums in written["sums"].items():      # the net holds what was written
+            for got, want in zip(built["sums"][name], sums):
+                assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), (name, got, want)
     finally:
-        if os.path.exists(path):
-            os.remove(path)
+        for leftover in (path, path + ".v1.caffemodel", path + ".deploy.prototxt"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
     mb = 1e6
     print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
@@ -161,6 +223,9 @@ def main():
               f"{extra / mb:.0f} MB above the {result['base_kb'] * 1024 / mb:.0f} MB baseline "
               f"= {extra / size:.2f}x file size")
     report("read_caffemodel (fresh process)", fast)
+    size, v2_size = v1_size, size
+    report("Net(V1 deploy prototxt, V1 caffemodel) (fresh process, after import netspec)", built)
+    size = v2_size
     if stock:
         report("stock protobuf ParseFromString + np.asarray (fresh process)", stock)
         print(f"  of which ParseFromString: {stock['parse_seconds']:.2f} s")
