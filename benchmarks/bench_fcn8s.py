@@ -81,6 +81,72 @@ def write_nets(size, workdir):
     return deploy, train
 
 
+SOLVER = """train_net: "{train}"
+base_lr: 1e-10
+lr_policy: "fixed"
+momentum: 0.99
+weight_decay: 0.0005
+max_iter: {max_iter}
+display: {display}
+snapshot: 0
+"""
+
+DATA_LAYER = '''
+import numpy as np
+import netspec
+
+
+class FixedImage(netspec.Layer):
+    """The benchmark's image and label, every pass."""
+
+    def setup(self, bottom, top):
+        size = int(self.param_str)
+        rs = np.random.RandomState(1)
+        self.data = (rs.standard_normal((1, 3, size, size)) * 50).astype(np.float32)
+        self.label = rs.randint(0, 21, (1, 1, size, size)).astype(np.float32)
+        self.label[rs.random_sample(self.label.shape) < 0.1] = 255
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*self.data.shape)
+        top[1].reshape(*self.label.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.data
+        top[1].data[...] = self.label
+'''
+
+
+def write_solver_nets(size, workdir, train_iters):
+    """voc-fcn8s's own train net with Input layers (for solver.step and the facade), the
+    same net reading a Python data layer (for netspec train), and their solvers."""
+    from netspec.prototxt import read_net, write_net
+    net = read_net(os.path.join(ROOT, "models", "voc-fcn8s", "train.prototxt"))
+    with_input = caffe_pb2.NetParameter()
+    with_input.CopyFrom(net)
+    data = with_input.layer[0]
+    data.type = "Input"
+    data.ClearField("python_param")
+    data.input_param.shape.add().dim.extend([1, 3, size, size])
+    data.input_param.shape.add().dim.extend([1, 1, size, size])
+    net.layer[0].python_param.module = "bench_fixed_image"
+    net.layer[0].python_param.layer = "FixedImage"
+    net.layer[0].python_param.param_str = str(size)
+    paths = {}
+    for name, proto in (("step", with_input), ("train", net)):
+        paths[name + "_net"] = os.path.join(workdir, f"{name}_net.prototxt")
+        write_net(paths[name + "_net"], proto)
+    paths["step"] = os.path.join(workdir, "step_solver.prototxt")
+    with open(paths["step"], "w") as f:
+        f.write(SOLVER.format(train=paths["step_net"], max_iter=10 ** 6, display=0))
+    display = max(1, train_iters // 2)
+    paths["train"] = os.path.join(workdir, "train_solver.prototxt")
+    with open(paths["train"], "w") as f:
+        f.write(SOLVER.format(train=paths["train_net"], max_iter=2 * display + 1, display=display))
+    with open(os.path.join(workdir, "bench_fixed_image.py"), "w") as f:
+        f.write(DATA_LAYER)
+    return paths
+
+
 def random_params(graph, seed=0):
     """He-scaled normal weights, small biases (the deploy net has no fillers)."""
     rs = np.random.RandomState(seed)
@@ -215,6 +281,62 @@ def netspec_setup(deploy, train, size, device):
     return (test_graph, train_graph), params, device_args
 
 
+def prepare_netspec_step(paths, params, size, precision_name):
+    """``solver.step(1)`` and ``net.forward(); net.backward()`` on voc-fcn8s's train net with
+    the benchmark's weights; returns (row, {key: call})."""
+    from netspec import TRAIN as NET_TRAIN
+    from netspec.compilation import TOTALS
+    from netspec.log import Log
+    from netspec.solver import Solver
+    quiet = Log(open(os.devnull, "w"))
+    data, label = make_inputs(size)
+    host_params = {k: [np.asarray(b) for b in v] for k, v in params.items()}
+    solver = Solver(paths["step"], log=quiet, precision=precision_name)
+    solver.net.set_param_tree(host_params)
+
+    def step():
+        solver.net.blobs["data"].data[...] = data
+        solver.net.blobs["label"].data[...] = label
+        solver.step(1)
+
+    before = TOTALS.snapshot()
+    step()
+    compile_step = TOTALS.seconds - before[1]
+    net = Net(paths["step_net"], phase=NET_TRAIN, log=quiet, precision=precision_name)
+    net.set_param_tree(host_params)
+
+    def facade():
+        net.blobs["data"].data[...] = data
+        net.blobs["label"].data[...] = label
+        net.forward()
+        net.backward()
+        jax.block_until_ready([b._diff_device for blobs in net.params.values() for b in blobs
+                               if b._diff_device is not None])
+        net.clear_param_diffs()
+
+    before = TOTALS.snapshot()
+    facade()
+    compile_facade = TOTALS.seconds - before[1]
+    row = {"impl": "netspec", "dtype": precision_name, "precision": "-", "conv_grad": "net",
+           "what": "solver.step(1) and net.forward()+backward()",
+           "compile_step_s": compile_step, "compile_facade_s": compile_facade}
+    return row, {"step_s": step, "facade_s": facade}
+
+
+def netspec_train_rate(paths, workdir, precision_name):
+    """Iterations per second of ``netspec train`` from its own log (the last display window,
+    after the compile)."""
+    import re
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([workdir, ROOT, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "netspec.cli", "train", paths["train"], "--precision",
+                          precision_name], cwd=workdir, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    rates = re.findall(r"Iteration \d+ \(([\d.e+-]+) iter/s", out.stderr)
+    return float(rates[-1])
+
+
 # ---------------------------------------------------------------------------
 # PyTorch eager
 # ---------------------------------------------------------------------------
@@ -251,9 +373,25 @@ def prepare_torch(params, size, on_gpu, kind="fp32"):
         sync()
         return grads
 
+    # the full step: torch.optim.SGD as FCN's solver (momentum 0.99, weight decay 5e-4 on
+    # weights, biases at twice the rate and no decay, as voc-fcn8s's param specs say)
+    weights = [t for v in p.values() for t in v[:1] if t.requires_grad]
+    biases = [t for v in p.values() for t in v[1:] if t.requires_grad]
+    optimizer = torch.optim.SGD([{"params": weights, "lr": 1e-10, "weight_decay": 5e-4},
+                                 {"params": biases, "lr": 2e-10, "weight_decay": 0.0}],
+                                lr=1e-10, momentum=0.99)
+
+    def step():
+        _torch_tf32(torch, kind == "tf32")
+        optimizer.zero_grad(set_to_none=True)
+        torch_fcn8s.loss(p, x, y).backward()
+        optimizer.step()
+        sync()
+
     row = {"impl": "pytorch-eager", "dtype": kind, "precision": "-", "conv_grad": "-",
            "threads": torch.get_num_threads(), "version": torch.__version__}
-    return row, {"fwd_s": forward, "fwdbwd_s": forward_backward}, forward().cpu().numpy()
+    calls = {"fwd_s": forward, "fwdbwd_s": forward_backward, "step_s": step}
+    return row, calls, forward().cpu().numpy()
 
 
 def torch_available(on_gpu):
@@ -284,7 +422,8 @@ def _fmt(value):
 
 
 def print_table(rows):
-    keys = ["compile_fwd_s", "compile_fwdbwd_s", "fwd_s", "fwd_min_s", "fwdbwd_s", "fwdbwd_min_s"]
+    keys = ["step_s", "step_min_s", "facade_s", "train_iter_s", "fwd_s", "fwdbwd_s", "compile_fwdbwd_s",
+            "compile_step_s"]
     print(f"{'impl':<14}{'dtype':<6}{'precision':<14}{'conv':<6}"
           + "".join(f"{k:>17}" for k in keys))
     for r in rows:
@@ -292,11 +431,16 @@ def print_table(rows):
               + "".join(f"{_fmt(r.get(k)):>17}" for k in keys))
     peers = {r["dtype"]: r for r in rows if r["impl"] == "pytorch-eager"}
     for r in rows:
-        peer = peers.get(PRECISIONS.get(r["precision"]))
-        if r["impl"] == "netspec" and peer:
-            print(f"netspec {r['dtype']}/{r['precision']}/{r['conv_grad']} vs PyTorch eager "
-                  f"{peer['dtype']}: forward {peer['fwd_s'] / r['fwd_s']:.2f}x, forward+backward "
-                  f"{peer['fwdbwd_s'] / r['fwdbwd_s']:.2f}x (medians; >1: netspec faster)")
+        peer = peers.get(PRECISIONS.get(r["precision"], {"fp32": "fp32", "tf32": "tf32"}.get(r["dtype"])))
+        if r["impl"] != "netspec" or not peer:
+            continue
+        for key, what in (("step_s", "training step"), ("facade_s", "forward()+backward() vs its fwd+bwd"),
+                          ("train_iter_s", "netspec train iteration"), ("fwd_s", "forward"),
+                          ("fwdbwd_s", "forward+backward")):
+            if r.get(key) and peer.get("step_s" if key in ("train_iter_s", "facade_s") else key):
+                theirs = peer["step_s" if key in ("train_iter_s", "facade_s") else key]
+                print(f"netspec {r['dtype']}/{r['precision']} {what}: {r[key]:.3f} s; PyTorch eager "
+                      f"{peer['dtype']}: {theirs:.3f} s -> netspec/PyTorch = {r[key] / theirs:.2f}")
 
 
 def main(argv=None):
@@ -313,6 +457,10 @@ def main(argv=None):
                          "tensorfloat32 (TF32 on GPUs; PyTorch row tf32); bf16 rows use the "
                          "first; default: highest")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
+    ap.add_argument("--parts", default="step,facade,train,fwd",
+                    help="comma list: step (solver.step(1)), facade (net.forward()+backward()), "
+                         "train (netspec train iter/s), fwd (jitted forward and forward+backward)")
+    ap.add_argument("--train-iters", type=int, default=6, help="netspec train iterations after the compile")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -334,14 +482,28 @@ def main(argv=None):
     if not on_gpu and "tensorfloat32" in precisions:
         print("note: TF32 exists only on GPUs; on CPU every row computes in float32")
 
+    parts = set(args.parts.split(","))
     info = machine_info(device)
     print(json.dumps(info))
     rows, measurements, scores = [], [], {}
-    with tempfile.TemporaryDirectory() as workdir:
-        deploy, train = write_nets(args.size, workdir)
-        graphs, params, device_args = netspec_setup(deploy, train, args.size, device)
+    workdir = tempfile.mkdtemp()
+    deploy, train = write_nets(args.size, workdir)
+    graphs, params, device_args = netspec_setup(deploy, train, args.size, device)
+    paths = write_solver_nets(args.size, workdir, args.train_iters)
     for dtype_name in dtypes:
         for precision in (precisions if dtype_name == "fp32" else precisions[:1]):
+            name = "bf16" if dtype_name == "bf16" else PRECISIONS[precision]
+            if parts & {"step", "facade"}:
+                row, calls = prepare_netspec_step(paths, params, args.size, name)
+                rows.append(row)
+                measurements += [(row, key, call) for key, call in calls.items() if key[:-2] in parts]
+                if on_gpu:
+                    row["peak_gpu_bytes"] = device.memory_stats().get("peak_bytes_in_use")
+                if "train" in parts:
+                    row["train_iter_s"] = 1.0 / netspec_train_rate(paths, workdir, name)
+                print(json.dumps(row), flush=True)
+            if "fwd" not in parts:
+                continue
             for variant in variants:
                 row, calls, score = prepare_netspec(graphs, device_args, dtype_name, variant,
                                                     precision)
@@ -359,7 +521,9 @@ def main(argv=None):
                 row["score_max_abs_diff"] = float(np.abs(scores[label] - torch_score).max())
                 row["score_max_abs"] = float(np.abs(torch_score).max())
             rows.append(row)
-            measurements += [(row, key, call) for key, call in calls.items()]
+            wanted = {"fwd_s", "fwdbwd_s"} if "fwd" in parts else set()
+            wanted |= {"step_s"} if parts & {"step", "facade", "train"} else set()
+            measurements += [(row, key, call) for key, call in calls.items() if key in wanted]
     time_interleaved(measurements, args.runs)
     for row in rows:
         print(json.dumps(row), flush=True)

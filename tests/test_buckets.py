@@ -11,7 +11,9 @@ The nets are small copies of the reference FCN nets (``models/voc-fcn32s``, ``16
 ``8s``, ``voc-fcn-alexnet``: conv1 pad 100, ceil pooling, fc6 as a conv, Deconvolution
 upsampling, the reference Crop offsets, Eltwise SUM fusion) and a layer mix, all with
 gaussian weights and nonzero biases, so the cells outside the image hold garbage that
-must not leak into the inside.
+must not leak into the inside.  The pure-API comparison runs the FCN-32s, -16s and -8s
+heads as one net on a shared trunk (one compile per size instead of three); the
+shape tests and the ``Net`` tests use them as separate nets.
 """
 import functools
 
@@ -24,7 +26,7 @@ from netspec import compiler
 from netspec.buckets import Bucketing, coarsest_stride, parse_policy, round_side
 from netspec.errors import NetspecError
 from netspec.graph import build_graph
-from netspec.layers.base import TEST, TRAIN
+from netspec.layers.base import TRAIN
 from netspec.prototxt import parse_net
 
 CLASSES = 3
@@ -257,9 +259,13 @@ class Case:
     def net_param(self):
         return parse_net(self.text)
 
+    @functools.cached_property
+    def input_channels(self):
+        declared = build_graph(self.net_param, self.phase)
+        return {name: declared.blob_shapes[name][1] for name in declared.inputs}
+
     def input_shapes(self, h, w):
-        graph = build_graph(self.net_param, self.phase)   # declared shapes: channels per input
-        return {name: (self.batch, graph.blob_shapes[name][1], h, w) for name in graph.inputs}
+        return {name: (self.batch, channels, h, w) for name, channels in self.input_channels.items()}
 
     def graph(self, h, w):
         return _graph(self, h, w)
@@ -304,7 +310,7 @@ CASES = [
 # Both runs of a comparison are compiled with XLA's older CPU code generator at LLVM
 # optimization level 1 (the same settings for both): the property under test is
 # netspec's (what the padded graph computes), not XLA's code generation, and it makes
-# each of the ~120 compiles here about 2.5x faster.  The Net tests below run with
+# each of the ~75 compiles here about 2.5x faster.  The Net tests below run with
 # netspec's own (default) compilation.
 FAST_CPU_COMPILE = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 
@@ -339,9 +345,10 @@ def run_exact(case, inputs, h, w):
     return compile_for(loss_and_grads(graph), args)(*args)
 
 
-def run_padded(case, inputs, h, w, policy=MULTIPLE_32):
-    """The padded run in the bucket of (h, w); one executable per bucket."""
-    bucket_h, bucket_w = round_side(h, policy), round_side(w, policy)
+def run_padded(case, inputs, h, w):
+    """The padded run in the bucket of (h, w), each side rounded up to a multiple of 32;
+    one executable per bucket."""
+    bucket_h, bucket_w = round_side(h, MULTIPLE_32), round_side(w, MULTIPLE_32)
     graph = case.graph(bucket_h, bucket_w)
     padded = {}
     for name, value in inputs.items():
@@ -373,7 +380,7 @@ def true_shape_view(value, shape):
     return value[:, :, :shape[2], :shape[3]] if len(shape) == 4 else value
 
 
-def compare_runs(case, exact_graph, exact_run, padded_run, where):
+def compare_runs(exact_graph, exact_run, padded_run, where):
     (exact_loss, (exact_blobs, exact_state)), exact_grads = exact_run
     (padded_loss, (padded_blobs, padded_state)), padded_grads = padded_run
     assert_close(padded_loss, exact_loss, f"{where} loss")
@@ -398,7 +405,7 @@ def test_padded_run_equals_exact_run_at_random_sizes(case):
     for h, w in case.sizes:
         inputs = case.random_inputs(rs, h, w)
         where = f"{case.name} at {h}x{w}"
-        compare_runs(case, case.graph(h, w), run_exact(case, inputs, h, w),
+        compare_runs(case.graph(h, w), run_exact(case, inputs, h, w),
                      run_padded(case, inputs, h, w), where)
 
 
