@@ -102,29 +102,49 @@ def is_spatial_input(shape):
     return len(shape) == 4 and shape[2] * shape[3] > 1
 
 
-def first_nonlocal_layer(graph, padded_inputs):
-    """The first node that would receive a padded blob but is not spatially local, or None."""
-    padded = set(padded_inputs)
+def padded_blobs(graph, padded_inputs):
+    """``(blobs, None)``: every blob a padded pass pads (the inputs and the 4-axis blobs
+    computed from them, in order), or ``(None, node)``: the first node that would receive
+    a padded blob but is not spatially local."""
+    padded = list(padded_inputs)
     for node in graph.nodes:
         if node.is_input or not any(b in padded for b in node.bottoms):
             continue
         if not node.impl.spatially_local:
-            return node
-        padded.update(t for t, s in zip(node.tops, node.impl.top_shapes()) if len(s) == 4)
-    return None
+            return None, node
+        padded += [t for t, s in zip(node.tops, node.impl.top_shapes()) if len(s) == 4 and t not in padded]
+    return padded, None
 
 
 class Plan:
     """How one set of input shapes runs: ``graph`` (the bucket graph, or the exact graph
-    when not padded), ``exact`` (the graph at the true shapes: the blobs users see),
-    ``extents`` (``{input: int32 [h, w]}``, None when not padded)."""
+    when not padded), ``exact`` (the graph at the true shapes: the blobs users see), and
+    for a padded pass the true extent of every padded blob, computed here on the host
+    from the exact graph: ``extent_names`` (the blobs, fixed per bucket graph) and
+    ``extents`` (int32 (len(extent_names), 2), the runtime argument; None when not
+    padded).  ``unpack_extents`` turns that argument into ``compiler.forward``'s dict.
 
-    def __init__(self, graph, exact, extents):
-        self.graph, self.exact, self.extents = graph, exact, extents
+    (Passing every blob's extent, rather than the inputs' alone and letting the compiled
+    function derive the rest, keeps each mask a function of one argument: the chains of
+    size formulas that XLA would otherwise fuse into every masked layer doubled the
+    compile time of FCN-8s.)"""
+
+    def __init__(self, graph, exact, extent_names=None):
+        self.graph, self.exact = graph, exact
+        self.extent_names = tuple(extent_names or ())
+        self.extents = None
+        if extent_names is not None:
+            self.extents = np.array([exact.blob_shapes[n][2:] for n in self.extent_names], np.int32)
 
     @property
     def padded(self):
         return self.extents is not None
+
+    def unpack_extents(self, packed):
+        """``{blob: (h, w)}`` from the packed argument (inside the compiled function)."""
+        if packed is None:
+            return None
+        return {name: (packed[i, 0], packed[i, 1]) for i, name in enumerate(self.extent_names)}
 
     @property
     def bucket(self):
@@ -134,7 +154,7 @@ class Plan:
     def pad(self, name, array):
         """An input value at the bucket shape (zeros below and to the right)."""
         array = np.asarray(array)
-        if not self.padded or name not in self.extents:
+        if not self.padded or name not in self.extent_names:
             return array
         target = self.graph.blob_shapes[name]
         if array.shape == target:
@@ -180,7 +200,8 @@ class Bucketing:
         self.name = name
         self.note = note or _stderr_note
         self.unsupported = None         # the note, once the net was found not to qualify
-        self._checked = set()
+        self._padded_blobs = {}         # id(bucket graph) -> its padded blobs
+        self._plans = {}
 
     @property
     def enabled(self):
@@ -203,29 +224,35 @@ class Bucketing:
 
     def plan(self, input_shapes):
         """The plan for these true input shapes (``{input blob: shape}``)."""
+        key = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
+        plan = self._plans.get(key)
+        if plan is None or (plan.padded and not self.enabled):
+            plan = self._plans[key] = self._make_plan(input_shapes)
+        return plan
+
+    def _make_plan(self, input_shapes):
         exact = self.build(input_shapes)
         if not self.enabled:
-            return Plan(exact, exact, None)
+            return Plan(exact, exact)
         padded_inputs = [n for n in exact.inputs if is_spatial_input(exact.blob_shapes[n])]
         if not padded_inputs:
-            return Plan(exact, exact, None)
+            return Plan(exact, exact)
         bucket_shapes = self.bucket_shapes(exact, {n: exact.blob_shapes[n] for n in exact.inputs})
         try:
             graph = self.build(bucket_shapes)
         except NetspecError as e:   # the bucket size itself does not fit the net
             self._disable(f"{self.name}: cannot build the net at bucket shape "
                           f"{_shape_text(bucket_shapes)} ({e}); running at exact shapes")
-            return Plan(exact, exact, None)
-        if id(graph) not in self._checked:
-            node = first_nonlocal_layer(graph, padded_inputs)
+            return Plan(exact, exact)
+        if id(graph) not in self._padded_blobs:
+            blobs, node = padded_blobs(graph, padded_inputs)
             if node is not None:
                 self._disable(f'{self.name}: layer "{node.name}" ({node.type}) is not local in H '
                               'and W, so the net cannot run padded to a bucket size; running at '
                               'exact shapes (one compile per input size)')
-                return Plan(exact, exact, None)
-            self._checked.add(id(graph))
-        extents = {n: np.array(exact.blob_shapes[n][2:], np.int32) for n in padded_inputs}
-        return Plan(graph, exact, extents)
+                return Plan(exact, exact)
+            self._padded_blobs[id(graph)] = blobs
+        return Plan(graph, exact, self._padded_blobs[id(graph)])
 
     def _disable(self, message):
         if self.unsupported is None:

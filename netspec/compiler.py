@@ -99,8 +99,10 @@ def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None,
     ``loss`` is ``sum(loss_weight * top)`` over every weighted top.  ``precision``:
     matmul/convolution precision inside the pass; "highest" (full float32, as Caffe
     computes; GPUs would otherwise use TF32) unless a caller trades accuracy for speed.
-    ``extents``: ``{input blob: (h, w)}`` for a padded pass (see the module docstring);
-    blobs are returned at the graph's (bucket) shapes, exact inside their extents.
+    ``extents``: ``{input blob: (h, w)}`` for a padded pass (see the module docstring),
+    optionally with the extents of other padded blobs too (``netspec.buckets.Plan`` gives
+    them all, computed on the host); blobs are returned at the graph's (bucket) shapes,
+    exact inside their extents.
     ``compute_dtype``: e.g. ``jnp.bfloat16`` for mixed precision: each layer gets its
     float bottoms in that type, except layers marked ``float32_compute`` (losses,
     softmax, BatchNorm, LRN); params stay float32 masters that layers cast at use (so
@@ -188,7 +190,12 @@ def _forward(graph, params, state, inputs, train, rng, probes, keep, extents, co
                 raise AssertionError(f"{node.type} returned {len(tops)} tops, expected {len(node.tops)}")
             if ctx.new_state is not None:
                 new_state[node.name] = ctx.new_state
-            top_extents = impl.top_extents(bottom_extents) if padded else [None] * len(tops)
+            if not padded:
+                top_extents = [None] * len(tops)
+            elif any(t in extents for t in node.tops):      # given: no size formulas traced
+                top_extents = [extents.get(t) for t in node.tops]
+            else:
+                top_extents = impl.top_extents(bottom_extents)
         for name, top, weight, extent in zip(node.tops, tops, node.loss_weights, top_extents):
             if name in probes and name not in node.bottoms:
                 probe = _cast(probes[name], top.dtype)

@@ -352,7 +352,7 @@ class Net:
         args = (params, state, plan.pad_inputs(self._input_values()), plan.extents, self._last_rng)
         vjp = self._expects_backward()
         train = self.phase == TRAIN
-        run = self._compiled("forward", plan, lambda: jax.jit(passes.forward(plan.graph, train, vjp, self._options)),
+        run = self._compiled("forward", plan, lambda: jax.jit(passes.forward(plan, train, vjp, self._options)),
                              args, key=(vjp,))
         result, _, new_state, pullback = run(*args)
         self._kept_vjp = (plan, pullback) if vjp else None
@@ -395,7 +395,7 @@ class Net:
             params, state = self._device_trees()
             args = (params, state, plan.pad_inputs(self._input_values()), plan.extents, seeds, rng)
             run = self._compiled("backward", plan,
-                                 lambda: jax.jit(passes.backward(plan.graph, self.phase == TRAIN, seeded,
+                                 lambda: jax.jit(passes.backward(plan, self.phase == TRAIN, seeded,
                                                                  self._options)),
                                  args, key=("recompute", seeded))
         param_grads, blob_grads, input_grads = run(*args)

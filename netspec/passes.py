@@ -25,12 +25,15 @@ def _zero_probes(graph):
     return {n: jnp.zeros(graph.blob_shapes[n], jnp.float32) for n in _probe_names(graph)}
 
 
-def forward(graph, train, vjp=False, options=None):
-    """``run(params, state, inputs, extents, rng) -> (blobs, loss, new_state, vjp or None)``.
-    ``options``: more keyword arguments of ``compiler.forward`` (precision)."""
+def forward(plan, train, vjp=False, options=None):
+    """``run(params, state, inputs, extents, rng) -> (blobs, loss, new_state, vjp or None)``
+    for a ``netspec.buckets.Plan`` (``extents``: its packed extents).  ``options``: more
+    keyword arguments of ``compiler.forward`` (precision)."""
     options = options or {}
+    graph = plan.graph
 
     def run(params, state, inputs, extents, rng):
+        extents = plan.unpack_extents(extents)
         if not vjp:
             blobs, loss, new_state = compiler.forward(graph, params, state, inputs, train=train, rng=rng,
                                                       extents=extents, **options)
@@ -56,14 +59,15 @@ def backward_from_vjp(graph, seeded):
     return run
 
 
-def backward(graph, train, seeded, options=None):
+def backward(plan, train, seeded, options=None):
     """``run(params, state, inputs, extents, seeds, rng) -> (param grads, blob diffs, input
     diffs)``, recomputing the forward pass."""
     options = options or {}
+    graph = plan.graph
 
     def objective(params, probes, state, inputs, extents, seeds, rng):
-        blobs, loss, _ = compiler.forward(graph, params, state, inputs, train=train, rng=rng,
-                                          probes=probes, keep=seeded, extents=extents, **options)
+        blobs, loss, _ = compiler.forward(graph, params, state, inputs, train=train, rng=rng, probes=probes,
+                                          keep=seeded, extents=plan.unpack_extents(extents), **options)
         return loss + sum(jnp.sum(seeds[n] * blobs[n]) for n in seeded)
 
     grad = jax.grad(objective, argnums=(0, 1, 3))

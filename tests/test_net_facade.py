@@ -43,7 +43,7 @@ def reference_gradients(net):
 
     def loss(p):
         return compiler.forward(plan.graph, p, {}, inputs, train=True, rng=net._last_rng,
-                                extents=plan.extents)[1]
+                                extents=plan.unpack_extents(plan.extents))[1]
     return jax.grad(loss)(params)
 
 

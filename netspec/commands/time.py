@@ -54,7 +54,8 @@ def run(args):
 
     def run_net(p):
         return compiler.forward(plan.graph, p, state, padded_inputs, train=train, rng=rng,
-                                extents=plan.extents, **compiler.precision_options(args.precision))
+                                extents=plan.unpack_extents(plan.extents),
+                                **compiler.precision_options(args.precision))
 
     forward = jax.jit(lambda p: run_net(p)[0])
     backward = jax.jit(jax.grad(lambda p: run_net(p)[1]))
