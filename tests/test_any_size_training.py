@@ -62,12 +62,13 @@ def voc_like_stream(tmp_path_factory):
     return str(root), sizes
 
 
-def train(tmp_path, data_dir, buckets, capfd):
+def train(tmp_path, data_dir, buckets, capfd, solver_extra="", iterations=50):
     work = tmp_path / buckets
     work.mkdir()
     params = str(dict(voc_dir=data_dir, split="train", seed=7)).replace('"', '\\"')
     (work / "train.prototxt").write_text(NET.replace("PARAMS", params))
-    (work / "solver.prototxt").write_text(SOLVER.replace("SNAP", str(work / "snap")))
+    solver = SOLVER.replace("SNAP", str(work / "snap")).replace("max_iter: 50", f"max_iter: {iterations}")
+    (work / "solver.prototxt").write_text(solver.replace("snapshot: 50", f"snapshot: {iterations}") + solver_extra)
     cwd = os.getcwd()
     os.chdir(work)
     try:
@@ -75,7 +76,15 @@ def train(tmp_path, data_dir, buckets, capfd):
     finally:
         os.chdir(cwd)
     log = capfd.readouterr().err
-    return load_weights(str(work / "snap_iter_50.caffemodel")), log
+    return load_weights(str(work / f"snap_iter_{iterations}.caffemodel")), log
+
+
+def assert_same_weights(padded, exact):
+    assert padded.keys() == exact.keys()
+    for layer in exact:
+        for w_padded, w_exact in zip(padded[layer], exact[layer]):
+            scale = np.abs(w_exact).max()
+            assert np.abs(w_padded - w_exact).max() <= 1e-4 * scale, layer
 
 
 def test_padded_training_compiles_per_bucket_and_matches_exact_shapes(tmp_path, voc_like_stream, capfd):
@@ -91,14 +100,35 @@ def test_padded_training_compiles_per_bucket_and_matches_exact_shapes(tmp_path, 
     assert len(exact_steps) > len(steps)      # one per distinct size drawn
     assert re.search(r"Compiled \d+ executables in [\d.]+ s", padded_log)
 
-    assert padded.keys() == exact.keys()
-    for layer in exact:
-        for w_padded, w_exact in zip(padded[layer], exact[layer]):
-            scale = np.abs(w_exact).max()
-            assert np.abs(w_padded - w_exact).max() <= 1e-4 * scale, layer
+    assert_same_weights(padded, exact)
     # training moved the weights: the comparison is not between two initial states
     initial = netspec.Net(str(tmp_path / "off" / "train.prototxt"), phase=netspec.TRAIN, seed=3)
     assert np.abs(initial.params["conv1"][0].data - exact["conv1"][0]).max() > 1e-3
+
+
+def test_iter_size_passes_of_different_sizes_accumulate_as_at_exact_shapes(tmp_path, voc_like_stream, capfd):
+    data_dir, _ = voc_like_stream
+    padded, log = train(tmp_path, data_dir, "auto", capfd, "iter_size: 3\n", iterations=6)
+    exact, _ = train(tmp_path, data_dir, "off", capfd, "iter_size: 3\n", iterations=6)
+    assert_same_weights(padded, exact)
+    passes = re.findall(r"Compiled forward/backward pass of net \"mini-fcn\", bucket (\S+)", log)
+    assert len(passes) == len(set(passes)) >= 2      # passes of one iteration in different buckets
+    assert log.count('Compiled update of net "mini-fcn"') == 1
+
+
+def test_netspec_test_gives_the_same_means_in_buckets_and_at_exact_shapes(tmp_path, voc_like_stream, capfd):
+    data_dir, _ = voc_like_stream
+    params = str(dict(voc_dir=data_dir, split="train", randomize=False)).replace('"', '\\"')
+    (tmp_path / "net.prototxt").write_text(NET.replace("PARAMS", params))
+    means = {}
+    for buckets in ("auto", "off"):
+        assert cli.main(["test", "--model", str(tmp_path / "net.prototxt"), "--iterations", "8",
+                         "--buckets", buckets, "--no-compile-cache"]) == 0
+        log = capfd.readouterr().err
+        means[buckets] = float(re.search(r"\] loss = ([\d.e+-]+)", log).group(1))
+        compiles = log.count("Compiled forward")
+        assert compiles <= (5 if buckets == "auto" else 8)
+    assert means["auto"] == pytest.approx(means["off"], rel=1e-5)
 
 
 def test_voc_fcn8s_train_net_with_active_dropout_runs_padded():

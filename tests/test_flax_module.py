@@ -126,3 +126,37 @@ def test_flax_model_with_caffe_backbone_trains():
 def test_unknown_output_is_a_one_line_error():
     with pytest.raises(NetspecError, match='no blob.*"?fc9'):
         CaffeModule(backbone_param(), outputs="fc9").init(jax.random.PRNGKey(0), X)
+
+
+FULLY_CONVOLUTIONAL = """
+name: "fcn"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 2 dim: 20 dim: 20 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 3 kernel_size: 3 pad: 4
+          weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "constant" value: 0.5 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "score"
+        convolution_param { num_output: 2 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+"""
+
+
+def test_padded_batch_with_traced_extents_matches_exact_sizes():
+    """One jitted function serves every image size in a 32x32 bucket: pad the batch and pass
+    the true size as (traced) extents; the output inside its true extent is exact."""
+    from netspec.compiler import blob_extents
+    module = CaffeModule(parse_net(FULLY_CONVOLUTIONAL), outputs="score", seed=1)
+    bucket = np.zeros((2, 2, 32, 32), np.float32)
+    variables = module.init(jax.random.PRNGKey(0), bucket)
+    padded_apply = jax.jit(lambda v, x, hw: module.apply(v, x, extents=(hw[0], hw[1])))
+    graph = module.graph_for({"data": bucket.shape})
+    for h, w in [(20, 20), (17, 31), (32, 9)]:
+        x = RS.randn(2, 2, h, w).astype(np.float32)
+        exact = module.apply(variables, x)
+        padded = bucket.copy()
+        padded[:, :, :h, :w] = x
+        out = padded_apply(variables, padded, np.array([h, w], np.int32))
+        oh, ow = (int(v) for v in blob_extents(graph, {"data": (h, w)})["score"])
+        assert (oh, ow) == exact.shape[2:]
+        np.testing.assert_allclose(out[:, :, :oh, :ow], exact, rtol=1e-5, atol=1e-5)
+    assert padded_apply._cache_size() == 1
