@@ -18,7 +18,6 @@ at their true shapes; ``buckets="off"`` compiles one executable per input shape.
 from collections import OrderedDict
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import compiler, passes

@@ -20,6 +20,11 @@ layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { 
 '''
 
 
+def pooled(size):
+    """Caffe's ceil-rounded 2x2/2 pooling."""
+    return -(-(size - 2) // 2) + 1
+
+
 def test_one_log_line_per_compile_naming_net_pass_and_bucket(tmp_path):
     path = tmp_path / "net.prototxt"
     path.write_text(NET)
@@ -30,8 +35,7 @@ def test_one_log_line_per_compile_naming_net_pass_and_bucket(tmp_path):
         net.blobs["data"].reshape(1, 2, h, w)
         net.blobs["data"].data[...] = 1
         net.forward()
-        ceil_half = lambda n: -(-(n - 2) // 2) + 1     # Caffe's ceil-rounded pooling
-        assert net.blobs["pool"].data.shape == (1, 3, ceil_half(h), ceil_half(w))
+        assert net.blobs["pool"].data.shape == (1, 3, pooled(h), pooled(w))
     lines = [line for line in stream.getvalue().splitlines() if "Compiled" in line]
     # 20x20, 25x30 and 32x32 share bucket 32x32; 40x20 -> 64x32; 20x40 -> 32x64
     assert len(lines) == 3

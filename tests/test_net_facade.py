@@ -3,7 +3,6 @@
 pycaffe's semantics hold (edits to .data take effect, diffs accumulate, held arrays see
 new values)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

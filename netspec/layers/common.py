@@ -63,6 +63,7 @@ class BatchNorm(Layer):
     channels_last = True
     spatially_local = True      # batch statistics count only the cells inside the image
     float32_compute = True
+
     def setup(self):
         shape = self.bottom_shapes[0]
         if len(shape) == 0:
