@@ -5,11 +5,15 @@ The pycaffe-compatible surface (``import netspec as caffe``): ``Net``, ``TRAIN``
 ``set_device``, the NetSpec DSL (``layers``, ``params``, ``NetSpec``, ``to_proto``)
 and the solvers (``get_solver``, ``SGDSolver``, ...).
 """
-from .blob import Blob
-from .errors import NetspecError
-from .layers.base import TEST, TRAIN
-from .net import Net
-from .python_layer import Layer
+from .host_memory import keep_freed_memory
+
+keep_freed_memory()     # before JAX starts its threads: see netspec.host_memory
+
+from .blob import Blob  # noqa: E402
+from .errors import NetspecError  # noqa: E402
+from .layers.base import TEST, TRAIN  # noqa: E402
+from .net import Net  # noqa: E402
+from .python_layer import Layer  # noqa: E402
 
 __version__ = "0.1.0"
 
