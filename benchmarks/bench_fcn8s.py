@@ -394,6 +394,53 @@ def prepare_torch(params, size, on_gpu, kind="fp32"):
     return row, calls, forward().cpu().numpy()
 
 
+TORCH_WORKER = r"""
+import sys, time
+import numpy as np
+sys.path.insert(0, {bench_dir!r})
+import bench_fcn8s
+tree = dict(np.load({params!r}, allow_pickle=True))
+params = {{k: list(v) for k, v in tree.items()}}
+row, calls, score = bench_fcn8s.prepare_torch(params, {size!r}, {on_gpu!r}, {kind!r})
+np.save({score!r}, score)
+print("READY", flush=True)
+for line in sys.stdin:
+    calls[line.strip()]()
+    print("DONE", flush=True)
+"""
+
+
+def prepare_torch_process(params, size, on_gpu, kind, workdir):
+    """prepare_torch in a separate process that never imports netspec (so PyTorch runs with
+    the allocator settings it has for its users); the calls are relayed over a pipe."""
+    import subprocess
+    arrays = {}
+    for layer, blobs in params.items():
+        arrays[layer] = np.empty(len(blobs), dtype=object)
+        for i, b in enumerate(blobs):
+            arrays[layer][i] = np.asarray(b)
+    npz = os.path.join(workdir, "torch_params.npz")
+    np.savez(npz, **arrays)
+    score_path = os.path.join(workdir, "torch_score.npy")
+    code = TORCH_WORKER.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), params=npz, size=size,
+                               on_gpu=on_gpu, kind=kind, score=score_path)
+    worker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    if worker.stdout.readline().strip() != "READY":
+        raise RuntimeError("the PyTorch worker did not start")
+
+    def relay(key):
+        def call():
+            worker.stdin.write(key + "\n")
+            worker.stdin.flush()
+            assert worker.stdout.readline().strip() == "DONE"
+        return call
+    import torch
+    row = {"impl": "pytorch-eager", "dtype": kind, "precision": "-", "conv_grad": "-",
+           "threads": torch.get_num_threads(), "version": torch.__version__, "process": "separate"}
+    return row, {key: relay(key) for key in ("fwd_s", "fwdbwd_s", "step_s")}, np.load(score_path)
+
+
 def torch_available(on_gpu):
     try:
         import torch
@@ -461,6 +508,9 @@ def main(argv=None):
                     help="comma list: step (solver.step(1)), facade (net.forward()+backward()), "
                          "train (netspec train iter/s), fwd (jitted forward and forward+backward)")
     ap.add_argument("--train-iters", type=int, default=6, help="netspec train iterations after the compile")
+    ap.add_argument("--torch-process", default="separate",
+                    help="comma list: separate (PyTorch in its own process, as its users run it: "
+                         "the default), same (in this process, sharing netspec's allocator settings)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -515,8 +565,12 @@ def main(argv=None):
     if not args.no_torch and torch_available(on_gpu):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         labels = sorted({PRECISIONS[p] for p in precisions}) if on_gpu else ["fp32"]
-        for label in labels:
-            row, calls, torch_score = prepare_torch(params, args.size, on_gpu, label)
+        for label, where in [(label, where) for label in labels for where in args.torch_process.split(",")]:
+            if where == "separate":
+                row, calls, torch_score = prepare_torch_process(params, args.size, on_gpu, label, workdir)
+            else:
+                row, calls, torch_score = prepare_torch(params, args.size, on_gpu, label)
+                row["process"] = "same"
             if label in scores:
                 row["score_max_abs_diff"] = float(np.abs(scores[label] - torch_score).max())
                 row["score_max_abs"] = float(np.abs(torch_score).max())
