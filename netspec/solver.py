@@ -1,9 +1,11 @@
 """Training as ``caffe train`` does it: ``Solver`` (pycaffe's ``caffe.SGDSolver`` & co.).
 
 The solver prototxt names a train net and test nets; the train net's learned blobs
-are a params pytree updated by one jitted step (``iter_size`` forward/backward
-passes accumulated with ``lax.scan``, then Caffe's update from ``netspec.optim``).
-Test nets share the train net's blobs.  Logs follow Caffe's glog lines so Caffe's
+are a params pytree updated by compiled steps, one per input-size bucket
+(``netspec.buckets``): forward, backward and Caffe's update from ``netspec.optim`` in
+one executable for ``iter_size`` 1, else one executable per pass accumulating the
+gradient and one update.  Test nets share the train net's blobs, which keep the
+params on the device between steps.  Logs follow Caffe's glog lines so Caffe's
 log parsers work; snapshots are Caffe's binary ``.caffemodel`` + ``.solverstate``,
 written atomically.
 

@@ -93,10 +93,18 @@ def test_bf16_training_keeps_float32_weights_and_history(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_in_bf16_scores_within_two_points_of_fp32(tmp_path, capsys):
+    """The quick start's mean IU in bf16 against fp32, averaged over three seeds.
+
+    One seed is not a measurement: the quick start trains from scratch, and a change of
+    float32 summation order alone moved its mean IU from 65.2 to 67.7; across seeds
+    0, 1, 2 fp32 gave 67.7, 66.2, 72.4 and bf16 62.8, 66.5, 75.1 (means 68.8 and 68.1)."""
     from netspec.cli import main
-    ious = {}
-    for precision in ("fp32", "bf16"):
-        assert main(["quickstart", "--out", str(tmp_path / precision), "--precision", precision]) == 0
-        out = capsys.readouterr().out
-        ious[precision] = float(re.search(r"mean IU ([\d.]+) on", out).group(1))
-    assert abs(ious["bf16"] - ious["fp32"]) <= 2.0, ious
+    ious = {"fp32": [], "bf16": []}
+    for precision in ious:
+        for seed in (0, 1, 2):
+            out_dir = tmp_path / f"{precision}_{seed}"
+            assert main(["quickstart", "--out", str(out_dir), "--precision", precision,
+                         "--seed", str(seed)]) == 0
+            out = capsys.readouterr().out
+            ious[precision].append(float(re.search(r"mean IU ([\d.]+) on", out).group(1)))
+    assert abs(np.mean(ious["bf16"]) - np.mean(ious["fp32"])) <= 2.0, ious
