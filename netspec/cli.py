@@ -21,9 +21,12 @@ COMMANDS = {
     "score": "segmentation metrics of a net over a dataset split",
     "infer": "segment images and write palette PNGs and overlays",
     "quickstart": "generate a synthetic dataset, train a slim FCN-8s on it and score it",
+    "convert_imageset": "image list -> LMDB/LevelDB of Caffe Datums (caffe's convert_imageset)",
+    "compute_image_mean": "database of Datums -> mean.binaryproto (caffe's compute_image_mean)",
 }
 
-_ALIASES = {"device-query": "device_query"}
+_ALIASES = {"device-query": "device_query", "convert-imageset": "convert_imageset",
+            "compute-image-mean": "compute_image_mean"}
 
 
 def main(argv=None):

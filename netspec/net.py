@@ -20,13 +20,14 @@ from collections import OrderedDict
 import jax
 import numpy as np
 
-from . import compiler, passes
-from .buckets import AUTO, Bucketing, describe_bucket
+from . import compiler, layer_range, passes
+from .buckets import AUTO, Bucketing, Plan, describe_bucket
 from .compilation import Executables
 from .blob import Blob
 from .errors import NetspecError
 from .graph import build_graph, filter_layers
-from .layers import TEST, TRAIN
+from .layers import TEST, TRAIN, layer_class
+from .layer_range import LayerRange, layer_index
 from .layers.data import HostPythonLayer, load_python_layer
 from .prefetch import HostDataLayers
 
@@ -86,9 +87,12 @@ class Net:
         self._plan = None               # the bucket plan of the last forward pass
         self._kept_vjp = None           # (plan, VJP) of the last forward pass, for backward()
         self._backward_called = False
+        self._ranges = {}               # (graph, first, last) -> netspec.layer_range.LayerRange
+        self._graph, self._filter_counts = None, {}
         self._set_up_host_data_layers()
         self._graph = self._build(self._declared_input_shapes())
         self._create_blobs(self._graph)
+        self._set_loss_diffs()
         self._create_params(seed)
         if weights:
             for path in str(weights).split(","):
@@ -103,9 +107,10 @@ class Net:
 
     def _set_up_host_data_layers(self):
         layers = []
+        from .caffe_data import host_data_layer
         for lp in filter_layers(self._net_param, self._state()):
-            if lp.type == "Python" and not lp.bottom:
-                obj = load_python_layer(lp, self.phase, self._python_path)
+            obj = host_data_layer(lp, self.phase, self._python_path)
+            if obj is not None:
                 tops = [self.blobs.setdefault(t, Blob()) for t in lp.top]
                 obj.setup([], tops)
                 obj.reshape([], tops)
@@ -117,6 +122,11 @@ class Net:
         return {t: self.blobs[t].shape for _, _, tops in self._host_data.layers for t in tops}
 
     def _make_impl(self, node, bottom_shapes, phase):
+        if node.type == "Filter":
+            count = self._filter_counts.get(node.name)
+            if count == "all":
+                count = int(bottom_shapes[-1][0])
+            return layer_class("Filter", node.name)(node.lp, bottom_shapes, phase, selected_count=count)
         if node.type != "Python":
             return None
         obj = self._python_objects.get(node.name)
@@ -124,8 +134,26 @@ class Net:
             obj = self._python_objects[node.name] = load_python_layer(node.lp, phase, self._python_path)
         return HostPythonLayer(node.lp, bottom_shapes, phase, obj)
 
+    def _count_filtered(self, input_shapes):
+        """How many items each Filter layer passes: its top's batch size depends on its
+        selector's values, known before a pass only when the selector is fed from the host
+        (a data layer or an Input).  The first build passes them all, as Caffe's first Reshape."""
+        counts, fed = {}, set(input_shapes)
+        for lp in filter_layers(self._net_param, self._state()):
+            if lp.type == "Input":
+                fed.update(lp.top)
+            if lp.type == "Filter" and lp.bottom and lp.bottom[-1] in fed:
+                selector = lp.bottom[-1]
+                if self._graph is None:
+                    counts[lp.name] = "all"
+                else:
+                    counts[lp.name] = int(np.count_nonzero(self.blobs[selector].data.reshape(
+                        self.blobs[selector].shape[0], -1)[:, 0]))
+        return counts
+
     def _build(self, input_shapes):
-        key = tuple(sorted(input_shapes.items()))
+        self._filter_counts = self._count_filtered(input_shapes)
+        key = tuple(sorted(input_shapes.items())) + tuple(sorted(self._filter_counts.items()))
         if key not in self._graphs:
             self._graphs[key] = build_graph(
                 self._net_param, self.phase, self._level, self._stages, input_shapes=input_shapes,
@@ -139,6 +167,13 @@ class Net:
                 self.blobs[name] = Blob(shape)
             elif blob.shape != shape:
                 blob.reshape(*shape)
+
+    def _set_loss_diffs(self):
+        """A loss top's diff is its loss weight, as Caffe sets it up (backward starts there)."""
+        for node in self._graph.nodes:
+            for t, w in zip(node.tops, node.loss_weights):
+                if w:
+                    self.blobs[t].diff[...] = w
 
     def _create_params(self, seed):
         params, state = compiler.init_params(self._graph, seed)
@@ -262,6 +297,25 @@ class Net:
             for blob, value in zip(self._layer_blobs[name], arrays):
                 self._set_value(blob, value)
 
+    def set_param_diff_tree(self, diffs):
+        """Param diffs from a pytree shaped like ``param_tree()`` (device arrays, no copy)."""
+        for owner, blobs in self._param_blobs().items():
+            for blob, value in zip(blobs, diffs.get(owner, ())):
+                blob.set_diff_device(value)
+
+    def show_pass(self, plan, inputs, values):
+        """Make a pass run elsewhere (a solver step) this net's latest: the input blobs get
+        ``inputs`` (host arrays), the blobs in ``values`` (device arrays of ``plan``'s
+        shapes) their values cut to the exact shapes.  Other blobs keep what they held."""
+        for name, value in inputs.items():
+            blob = self.blobs[name]
+            if blob.shape != value.shape:
+                blob.reshape(*value.shape)
+            blob.data[...] = value
+        self.reshape()
+        for name, value in values.items():
+            self.blobs[name].set_device(value, plan.exact.blob_shapes[name])
+
     @staticmethod
     def _set_value(blob, value):
         if isinstance(value, jax.Array):
@@ -286,6 +340,7 @@ class Net:
                                        f'size ({[b.shape for b in old]} vs {want}); use the size the net declares')
             self._graph = graph
         self._create_blobs(self._graph)
+        self._set_loss_diffs()
 
     def _next_rng(self):
         self._passes += 1
@@ -304,9 +359,27 @@ class Net:
         force_backward, and any net whose backward() has been called."""
         return self.phase == TRAIN or self._graph.force_backward or self._backward_called
 
+    def plan_for(self, inputs):
+        """The bucket plan for a pass on ``inputs`` (``{input: host array}``, e.g. from
+        ``next_inputs()``); the values matter only to Filter layers, whose top shapes
+        depend on them."""
+        if self._filter_counts:
+            for name, value in inputs.items():
+                blob = self.blobs[name]
+                if blob.shape != value.shape:
+                    blob.reshape(*value.shape)
+                blob.data[...] = value
+        return self._plan_for_shapes({name: value.shape for name, value in inputs.items()})
+
     def plan(self):
         """The bucket plan for the current input blob shapes (``netspec.buckets.Plan``)."""
-        return self.bucketing.plan({name: self.blobs[name].shape for name in self._graph.inputs})
+        return self._plan_for_shapes({name: self.blobs[name].shape for name in self._graph.inputs})
+
+    def _plan_for_shapes(self, shapes):
+        if self._filter_counts:     # the graph depends on values too: exact shapes, no plan cache
+            graph = self._build(shapes)
+            return Plan(graph, graph)
+        return self.bucketing.plan(shapes)
 
     def _run_host_data_layers(self):
         """One batch from the data layers into the input blobs (from the prefetch thread
@@ -321,6 +394,19 @@ class Net:
                 blob.reshape(*value.shape)
             blob.data[...] = value
 
+    def set_input_arrays(self, data, labels):
+        """Feed the net's MemoryData layer from arrays (pycaffe's ``net.set_input_arrays``):
+        ``data`` float32 (N, C, H, W), ``labels`` (N,) or (N, 1, 1, 1), N a multiple of its
+        batch size; its passes then walk through them in order."""
+        memory = [obj for _, obj, _ in self._host_data.layers if hasattr(obj, "set_input_arrays")]
+        if not memory:
+            raise NetspecError(f'net "{self.name}": set_input_arrays needs a MemoryData layer, and the net has none')
+        self._host_data.restart()
+        labels = np.asarray(labels)
+        if labels.ndim == 1:
+            labels = np.ascontiguousarray(labels[:, None, None, None])
+        memory[0].set_input_arrays(data, labels)
+
     def close(self):
         """Stop the data layers' prefetch thread (if any); later passes run them in place."""
         self._host_data.close()
@@ -329,12 +415,12 @@ class Net:
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run the net; returns ``{output: array}`` (plus the blobs named in ``blobs``).
 
-        Keyword arguments set input blobs (``net.forward(data=x)``).  ``end``: a layer
-        name; the returned blobs are that layer's tops.  ``start`` is not supported:
-        set the input blobs and run the whole net.
+        Keyword arguments set input blobs (``net.forward(data=x)``).  ``start``/``end``:
+        layer names; only the layers from ``start`` to ``end`` run (Caffe's
+        ``ForwardFromTo``: the data layers run only when ``start`` is not given), reading
+        the current values of the blobs before ``start``; the returned blobs are then
+        ``end``'s tops.  See ``netspec.layer_range``.
         """
-        if start is not None:
-            raise NetspecError("net.forward(start=...) is not supported; run the whole net")
         for name, value in kwargs.items():
             if name not in self.blobs or name not in self._graph.inputs:
                 raise NetspecError(f'forward(): "{name}" is not an input of the net (inputs: '
@@ -343,8 +429,14 @@ class Net:
             if self.blobs[name].shape != value.shape:
                 self.blobs[name].reshape(*value.shape)
             self.blobs[name].data[...] = value
-        self._run_host_data_layers()
+        if start is None:
+            self._run_host_data_layers()
         self.reshape()
+        if start is not None or end is not None:
+            self._forward_range(start, end)
+            outs = list(self.top_names[end]) if end is not None else self.outputs
+            outs += [b for b in (blobs or []) if b not in outs]
+            return {name: self.blobs[name].data for name in outs}
         plan = self._plan = self.plan()
         self._last_rng = self._next_rng()
         params, state = self._device_trees()
@@ -370,10 +462,21 @@ class Net:
         """Back-propagate from the loss (and from top diffs given as keywords, ``net.backward(prob=d)``).
 
         Blob diffs are overwritten; param diffs accumulate, as in Caffe (the solver clears them).
-        Returns ``{input: diff}`` plus the blobs named in ``diffs``.
+        Returns ``{input: diff}`` plus the blobs named in ``diffs``.  ``start``/``end``:
+        layer names; only the layers from ``start`` back to ``end`` run (Caffe's
+        ``BackwardFromTo``), from the diffs stored on the blobs they write (DeepDream sets
+        ``net.blobs[top].diff`` and calls ``backward(start=layer)``); the returned diffs are
+        then ``end``'s bottoms'.  See ``netspec.layer_range``.
         """
         if start is not None or end is not None:
-            raise NetspecError("net.backward(start=..., end=...) is not supported; back-propagate the whole net")
+            for name, value in kwargs.items():
+                if name not in self.blobs:
+                    raise NetspecError(f'backward(): the net has no blob "{name}"')
+                self.blobs[name].diff[...] = np.asarray(value, np.float32).reshape(self.blobs[name].shape)
+            self._backward_range(start, end)
+            outs = list(self.bottom_names[end]) if end is not None else list(self.inputs)
+            outs += [d for d in (diffs or []) if d not in outs]
+            return {name: self.blobs[name].diff for name in outs}
         graph = self._graph
         self._backward_called = True
         plan = self._plan if self._plan is not None and self._plan.exact is graph else self.plan()
@@ -416,6 +519,65 @@ class Net:
             self.blobs[name].diff[...] = plan.crop(name, value)
         outs = list(self.inputs) + [d for d in (diffs or []) if d not in self.inputs]
         return {name: self.blobs[name].diff for name in outs}
+
+    def _layer_range(self, first_name, last_name, what):
+        graph = self._graph
+        first = 0 if first_name is None else layer_index(graph, first_name, what)
+        last = len(graph.nodes) - 1 if last_name is None else layer_index(graph, last_name, what)
+        key = (id(graph), first, last)
+        if key not in self._ranges:
+            self._ranges[key] = LayerRange(graph, first, last)
+        return self._ranges[key]
+
+    def _range_what(self, kind, span):
+        names = self._graph.nodes
+        return f'{kind} of net "{self.name}", layers {names[span.first].name}..{names[span.last].name}'
+
+    def _forward_range(self, start, end):
+        """Layers ``start..end`` (names; None: the first/last layer) on the blobs' current values."""
+        span = self._layer_range(start, end, "forward(start=..., end=...)")
+        self._kept_vjp, self._plan = None, None
+        self._last_rng = self._next_rng()
+        params, state = self._device_trees()
+        args = (params, state, {b: self.blobs[b].value() for b in span.reads}, self._last_rng)
+        train = self.phase == TRAIN
+        run = self._executables.get(("forward range", id(span.graph), span.first, span.last),
+                                    lambda: jax.jit(layer_range.forward_range(span, train, self._options)),
+                                    args, self._range_what("forward", span))
+        written, new_state = run(*args)
+        for name, value in written.items():
+            self.blobs[name].set_device(value)
+        if train:
+            for node in span.graph.nodes:
+                if node.name in new_state and node.name in self._state_names:
+                    for blob, a in zip(self._layer_blobs[node.name], new_state[node.name]):
+                        blob.set_device(a)
+
+    def _backward_range(self, start, end):
+        """Layers ``start`` down to ``end`` (names; None: the last/first layer), from the stored diffs."""
+        span = self._layer_range(end, start, "backward(start=..., end=...)")
+        graph = self._graph
+        self._backward_called = True
+        rng = self._last_rng if self._last_rng is not None else self._next_rng()
+        params, state = self._device_trees()
+        inputs = {b: self.blobs[b].value() for b in span.reads}
+        seeds = {t: np.array(self.blobs[t].diff) for t in span.exposed}
+        args = (params, state, inputs, seeds, rng)
+        run = self._executables.get(("backward range", id(span.graph), span.first, span.last),
+                                    lambda: jax.jit(layer_range.backward_range(span, self.phase == TRAIN,
+                                                                               self._options)),
+                                    args, self._range_what("backward", span))
+        param_grads, written_diffs, read_diffs = run(*args)
+        learned = set()
+        for node in span.graph.nodes:
+            for key, lr in zip(node.param_keys, node.lr_mults):
+                if lr != 0 or graph.force_backward:
+                    learned.add(key)
+        for owner, i in sorted(learned):
+            self._layer_blobs[owner][i].accumulate_diff(param_grads[owner][i])
+        for name, diff in list(written_diffs.items()) + list(read_diffs.items()):
+            if graph.blob_need_backward.get(name) or graph.force_backward:
+                self.blobs[name].set_diff_device(diff)
 
     def clear_param_diffs(self):
         for blobs in self._layer_blobs.values():

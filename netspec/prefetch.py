@@ -112,6 +112,13 @@ class HostDataLayers:
             self._pending_tail = None
 
 
+    def restart(self):
+        """Stop the thread and drop the batches it produced ahead (the data source changed:
+        ``net.set_input_arrays``); later batches come from the layers' new state."""
+        self.close()
+        self._pending = []
+
+
 def _describe_failure(name, obj, error):
     """One line: which layer failed, where, and how."""
     frames = traceback.extract_tb(error.__traceback__)

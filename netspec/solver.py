@@ -180,7 +180,7 @@ class Solver:
     # -- the jitted step ----------------------------------------------------
     def _loss_and_grad(self, plan):
         graph = plan.graph
-        keep = tuple(graph.outputs)
+        keep = tuple(shown_blobs(graph))
 
         def loss_fn(params, state, inputs, extents, rng):
             blobs, loss, new_state = compiler.forward(graph, params, state, inputs, train=True, rng=rng, keep=keep,
@@ -234,7 +234,7 @@ class Solver:
     def _run_iteration(self, params, state, batches, rng):
         """One Caffe iteration on device; returns (params, state, loss, outputs, plan).
         Each pass runs in the executable of its input sizes' bucket (``netspec.buckets``)."""
-        plans = [self.net.bucketing.plan({k: v.shape for k, v in b.items()}) for b in batches]
+        plans = [self.net.plan_for(b) for b in batches]
         if len(batches) == 1:
             plan = plans[0]
             args = (params, state, self._opt_state, self._batch_sharded(plan.pad_inputs(batches[0]), 0),
@@ -259,6 +259,7 @@ class Solver:
         params = self._device_params()
         state = self._replicated(self.net.state_tree())
         self._opt_state = optim.set_iteration(self._opt_state, self.iter)
+        self.net.clear_param_diffs()    # Caffe's ClearParamDiffs (the diffs may hold the history, donated below)
         stop_iter = self.iter + int(iters)
         # Caffe's Step restarts the loss smoothing at every call
         self._losses, self.smoothed_loss, self._start_iter = [], 0.0, self.iter
@@ -272,8 +273,10 @@ class Solver:
                     self.test_all()
                 batches = batches or self._next_batches()
                 rng = jax.random.fold_in(jax.random.PRNGKey(self._seed), self.iter)
+                last = batches[-1]
                 params, state, loss, outputs, plan = self._run_iteration(params, state, batches, rng)
                 batches = self._next_batches() if self.iter + 1 < stop_iter else None  # overlaps the device step
+                self.net.show_pass(plan, last, outputs)
                 loss = float(loss)
                 if not math.isfinite(loss):
                     self._diverged(f"loss = {loss}", params, state)
@@ -352,8 +355,12 @@ class Solver:
 
     def _sync_to_net(self, params, state):
         """The step's params and state become the net's blobs' values (no copy: they stay
-        on the device until someone reads them)."""
+        on the device until someone reads them).  For SGD the param diffs become Caffe's
+        after an update: the momentum history, which is the value just subtracted."""
         self.net.set_param_tree(params, state)
+        if self.type == "SGD":
+            (history,) = optim.solver_state(self._opt_state).history
+            self.net.set_param_diff_tree(history)
 
     def _log_outputs(self, which, graph, values):
         index = 0
@@ -486,6 +493,7 @@ class Solver:
                                    f"type need {self._history_sets() * position // (s + 1)}")
         self._opt_state = optim.history_from_caffe(self._opt_state, self._order, keep, name=path)
         self._opt_state = optim.set_iteration(self._opt_state, self.iter)
+        self.net.clear_param_diffs()    # Caffe's ClearParamDiffs (the diffs may hold the history, donated below)
 
     # -- signals --------------------------------------------------------------
     sigint_effect = "stop"
@@ -509,6 +517,19 @@ class Solver:
     def _restore_signal_handlers(self):
         for sig, previous in getattr(self, "_previous_handlers", {}).items():
             signal.signal(sig, previous)
+
+
+def shown_blobs(graph):
+    """The blobs a training step hands back to ``solver.net.blobs``: the net's outputs,
+    every blob a loss reads (what scripts plot) and the tops of data layers computed in
+    the net (DummyData), in blob order."""
+    wanted = set(graph.outputs)
+    for node in graph.nodes:
+        if any(node.loss_weights):
+            wanted.update(node.bottoms)
+        if not node.bottoms:
+            wanted.update(node.tops)
+    return [name for name in graph.blob_shapes if name in wanted and name not in graph.inputs]
 
 
 @jax.jit
