@@ -2,8 +2,10 @@
 
 The pycaffe-compatible surface (``import netspec as caffe``): ``Net``, ``TRAIN``,
 ``TEST``, ``Layer`` (for Python layers), ``set_mode_cpu``/``set_mode_gpu``/
-``set_device``, the NetSpec DSL (``layers``, ``params``, ``NetSpec``, ``to_proto``)
-and the solvers (``get_solver``, ``SGDSolver``, ...).
+``set_device``, the NetSpec DSL (``layers``, ``params``, ``NetSpec``, ``to_proto``),
+the solvers (``get_solver``, ``SGDSolver``, ...), ``io`` (``caffe.io.Transformer``,
+``load_image``, ...), ``Classifier``, ``Detector``, ``proto.caffe_pb2`` and
+``layer_type_list()``.
 """
 from .host_memory import keep_freed_memory
 
@@ -27,14 +29,31 @@ _LAZY = {
     "AdaGradSolver": "netspec.solver", "RMSPropSolver": "netspec.solver",
     "AdaDeltaSolver": "netspec.solver", "AdamSolver": "netspec.solver",
     "CaffeModule": "netspec.flax_module",
+    "Classifier": "netspec.classifier", "Detector": "netspec.detector",
 }
+# submodules pycaffe scripts reach as attributes (``caffe.io.load_image``,
+# ``caffe.proto.caffe_pb2``): the module itself, after importing the one named
+_LAZY_MODULES = {"io": ("netspec.io", "netspec.io"), "proto": ("netspec.proto.caffe_pb2", "netspec.proto")}
 
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY_MODULES:
+        import importlib
+        load, module = _LAZY_MODULES[name]
+        importlib.import_module(load)
+        return importlib.import_module(module)
     raise AttributeError(f"module 'netspec' has no attribute {name!r}")
+
+
+def layer_type_list():
+    """The layer types netspec runs, sorted (pycaffe's ``caffe.layer_type_list()``): the
+    compiled layers, Caffe's data layers run on the host, and ``Python``."""
+    from .caffe_data.layers import HOST_DATA_LAYERS
+    from .layers.base import registered_types
+    return sorted({str(t) for t in registered_types()} | {str(t) for t in HOST_DATA_LAYERS} | {"Python"})
 
 
 def set_mode_cpu():

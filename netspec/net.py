@@ -585,14 +585,23 @@ class Net:
                 blob.clear_diff()
 
     def forward_all(self, blobs=None, **kwargs):
-        """pycaffe's ``forward_all``: run batches of inputs through the net, concatenating outputs."""
+        """pycaffe's ``forward_all``: run ``kwargs`` (``{input: array of N items}``) through
+        the net in batches of the net's batch size (the first blob's), the last one padded
+        with zeros, and concatenate the outputs (plus the blobs named in ``blobs``),
+        padding dropped.  The input blobs keep their batch size."""
         if not kwargs:
             return self.forward(blobs=blobs)
-        n = len(next(iter(kwargs.values())))
-        batch = self.blobs[next(iter(kwargs))].shape[0] or 1
+        arrays = {name: np.asarray(value) for name, value in kwargs.items()}
+        n = len(next(iter(arrays.values())))
+        batch = next(iter(self.blobs.values())).shape[0] or 1
         collected = {}
         for start in range(0, n, batch):
-            chunk = {k: np.asarray(v[start:start + batch]) for k, v in kwargs.items()}
+            chunk = {}
+            for name, value in arrays.items():
+                part = value[start:start + batch]
+                if len(part) < batch:
+                    part = np.concatenate([part, np.zeros((batch - len(part),) + value.shape[1:], part.dtype)])
+                chunk[name] = part
             for name, value in self.forward(blobs=blobs, **chunk).items():
                 collected.setdefault(name, []).append(value.copy())
         return {name: np.concatenate(parts)[:n] for name, parts in collected.items()}

@@ -160,3 +160,24 @@ def test_pycaffe_script_runs_unchanged_and_matches_numpy(tmp_path):
     # the second net loaded the saved weights by layer name
     assert ns["inputs"] == ["data"] and ns["outputs"] == ["prob"]
     np.testing.assert_allclose(ns["prob"], ref["prob"], **tol)
+
+
+def test_forward_all_pads_the_last_batch_and_keeps_the_batch_size(tmp_path):
+    """pycaffe's forward_all: batches of the net's batch size, the last padded with zeros,
+    outputs cut back to N; the input blob keeps its batch size (no new compile)."""
+    import netspec as caffe
+    (tmp_path / "deploy.prototxt").write_text(DEPLOY_NET.replace("dim: 2 dim: 3", "dim: 4 dim: 3"))
+    lines = []
+    net = caffe.Net(str(tmp_path / "deploy.prototxt"), caffe.TEST, log=lines.append)
+    x = np.random.RandomState(0).randn(10, 3, 8, 8).astype(np.float32)
+    out = net.forward_all(data=x, blobs=["pool1"])
+    assert out["prob"].shape == (10, 5) and out["pool1"].shape == (10, 4, 4, 4)
+    assert net.blobs["data"].shape == (4, 3, 8, 8)
+    assert len([line for line in lines if line.startswith("Compiled")]) == 1
+    w, b = net.params["ip1"][0].data, net.params["ip1"][1].data
+    z = out["pool1"].reshape(10, -1) @ w.T + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(out["prob"], p / p.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+    # the padded items are zeros: the last batch's first two items are x[8:10]
+    np.testing.assert_allclose(net.blobs["data"].data[:2], x[8:], rtol=0)
+    assert np.all(net.blobs["data"].data[2:] == 0)
