@@ -4,8 +4,18 @@
 ``forward(graph, params, state, inputs, ...)`` computes every blob, the weighted loss
 and the updated layer state.  Both are pure: params and state are pytrees keyed like
 Caffe (``{layer_name: [blob0, blob1, ...]}``, Caffe's blob shapes), so importing and
-exporting ``.caffemodel`` files is a plain mapping.  Callers wrap ``forward`` in
-``jax.jit`` (the graph is static: one executable per graph, i.e. per input shape).
+exporting ``.caffemodel`` files is a plain mapping.
+
+State has two parts per layer (``netspec.layers.base``): the blobs Caffe stores
+(``graph.state_shapes``: BatchNorm statistics; what ``init_params`` gives and
+caffemodels hold), then the values carried from one pass to the next and never saved
+(``graph.carried_shapes``: LSTM/RNN's final h, c; ``init_carried`` gives the zeros of
+a first pass, ``join_state``/``split_state`` put the parts together and apart).  A
+caller that threads ``new_state`` into the next pass gets Caffe's recurrent carry; a
+layer whose carried values are absent from ``state`` starts from zeros.
+
+Callers wrap ``forward`` in ``jax.jit`` (the graph is static: one executable per graph,
+i.e. per input shape).
 
 Layout: layers that declare ``channels_last`` get their >=3-axis bottoms with the
 channel axis last, everything else gets Caffe's order; each blob is converted at
@@ -36,6 +46,41 @@ def init_params(graph, seed=0):
     state = {name: [np.zeros(s, np.float32) for s in shapes]
              for name, shapes in graph.state_shapes.items()}
     return params, state
+
+
+def init_carried(graph):
+    """Zeros for every carried value (``graph.carried_shapes``): a first pass's start."""
+    return {name: [np.zeros(s, np.float32) for s in shapes]
+            for name, shapes in graph.carried_shapes.items()}
+
+
+def join_state(graph, stored, carried):
+    """The ``state`` pytree of ``forward``: per layer, its stored blobs (``stored``, shaped
+    like ``graph.state_shapes``) followed by its carried values.  A carried entry that is
+    missing or whose shapes differ from ``graph.carried_shapes`` (the batch size changed)
+    becomes zeros, as Caffe's recurrent layers restart after such a reshape."""
+    state = {name: list(arrays) for name, arrays in stored.items()}
+    for name, shapes in graph.carried_shapes.items():
+        values = list((carried or {}).get(name, ()))
+        if [tuple(np.shape(v)) for v in values] != [tuple(s) for s in shapes]:
+            values = [np.zeros(s, np.float32) for s in shapes]
+        state[name] = state.get(name, []) + values
+    return state
+
+
+def split_state(graph, state):
+    """``(stored, carried)``: a ``state`` pytree split into the blobs Caffe stores
+    (``graph.state_shapes``) and the carried values (``graph.carried_shapes``)."""
+    stored, carried = {}, {}
+    for name, arrays in state.items():
+        n = len(graph.state_shapes.get(name, ()))
+        if name in graph.carried_shapes:
+            carried[name] = list(arrays[n:])
+            if n:
+                stored[name] = list(arrays[:n])
+        else:
+            stored[name] = list(arrays)
+    return stored, carried
 
 
 def _to_channels_last(x):
@@ -91,6 +136,9 @@ def forward(graph, params, state, inputs, *, train=False, rng=None, probes=None,
             precision="highest", extents=None, compute_dtype=None):
     """Run the net.  Returns ``(blobs, loss, new_state)``.
 
+    ``state``: per layer, its stored blobs then its carried values (see the module
+    docstring); ``new_state`` is ``state`` with the layers' updates (stored blobs in
+    TRAIN passes, carried values in every pass).  No gradient flows into carried values.
     ``inputs``: ``{blob: array}`` for ``graph.inputs`` (Caffe axis order).
     ``train``: TRAIN-phase computation (Dropout, BatchNorm batch statistics).
     ``rng``: a PRNG key for stochastic layers.  ``probes``: ``{blob: zeros}`` added
@@ -183,13 +231,19 @@ def _forward(graph, params, state, inputs, train, rng, probes, keep, extents, co
                 dtype = jnp.float32 if impl.float32_compute else compute_dtype
                 bottoms = [_cast(b, dtype) for b in bottoms]
             layer_rng = None if rng is None else jax.random.fold_in(rng, index)
-            ctx = LayerContext(train, layer_rng, state.get(node.name, ()),
-                               bottom_extents if padded else None)
+            layer_state = list(state.get(node.name, ()))
+            n_stored = len(graph.state_shapes.get(node.name, ()))
+            carried = [jax.lax.stop_gradient(jnp.asarray(v)) for v in layer_state[n_stored:]]
+            ctx = LayerContext(train, layer_rng, layer_state[:n_stored],
+                               bottom_extents if padded else None, carried)
             tops = impl.forward(ctx, layer_params, bottoms)
             if len(tops) != len(node.tops):
                 raise AssertionError(f"{node.type} returned {len(tops)} tops, expected {len(node.tops)}")
-            if ctx.new_state is not None:
-                new_state[node.name] = ctx.new_state
+            if ctx.new_state is not None or ctx.new_carried is not None:
+                stored = ctx.new_state if ctx.new_state is not None else layer_state[:n_stored]
+                kept = ctx.new_carried if ctx.new_carried is not None else layer_state[n_stored:]
+                new_state[node.name] = list(stored) + [
+                    jax.lax.stop_gradient(v).astype(jnp.float32) for v in kept]
             if not padded:
                 top_extents = [None] * len(tops)
             elif any(t in extents for t in node.tops):      # given: no size formulas traced

@@ -20,6 +20,9 @@ Arrays are in Caffe's axis order (N, C, H, W).  Variables:
 - ``batch_stats``: ``{layer_name: [blob, ...]}`` for layers with running statistics
   (BatchNorm).  Updated in ``train=True`` calls; make the collection mutable then.
 - Dropout in ``train=True`` calls draws from the ``dropout`` PRNG stream.
+- Recurrent layers (LSTM/RNN without ``expose_hidden``) start every call from zero
+  h/c: the values Caffe carries from one pass to the next are not kept here (use
+  ``expose_hidden`` to pass states explicitly, or ``netspec.Net``, which carries them).
 
 The net is shaped for the inputs it is called with, so a fully convolutional net
 accepts any input size.  Python layers are not supported here (use ``netspec.Net``).

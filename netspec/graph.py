@@ -49,6 +49,8 @@ class Graph:
     learnable: list                  # (layer, index) of every owned learned blob, Caffe order
     blob_need_backward: dict
     force_backward: bool = False
+    # layer -> [shape, ...] carried from one pass to the next, never saved (LSTM/RNN h, c)
+    carried_shapes: dict = field(default_factory=dict)
 
     def node(self, name):
         for n in self.nodes:
@@ -128,6 +130,7 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
     need_backward = {}
     param_owner = {}                # ParamSpec.name -> (layer, index, shape)
     param_shapes, param_fillers, state_shapes, learnable = {}, {}, {}, []
+    carried_shapes = {}
 
     for lp in filter_layers(net, state):
         lp = _with_automatic_top(lp, host_layers)
@@ -159,6 +162,8 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
             _assign_params(node, lp, param_owner, param_shapes, param_fillers, learnable)
             if node.impl.state_shapes():
                 state_shapes[lp.name] = [tuple(s) for s in node.impl.state_shapes()]
+            if node.impl.carried_shapes():
+                carried_shapes[lp.name] = [tuple(s) for s in node.impl.carried_shapes()]
 
         # in-place and duplicate tops
         for t in node.tops:
@@ -187,7 +192,7 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
     return Graph(name=net.name, phase=phase, nodes=nodes, blob_shapes=shapes, inputs=inputs,
                  outputs=sorted(available), param_shapes=param_shapes, param_fillers=param_fillers,
                  state_shapes=state_shapes, learnable=learnable, blob_need_backward=need_backward,
-                 force_backward=net.force_backward)
+                 force_backward=net.force_backward, carried_shapes=carried_shapes)
 
 
 def _with_automatic_top(lp, host_layers):

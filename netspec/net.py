@@ -14,6 +14,11 @@ them into one jitted computation and writes the results back, so assigning into
 ``.data`` is seen by the next pass, as in pycaffe.  Inputs of any size run in the
 executable of their size bucket (``netspec.buckets``), with exact results and blobs
 at their true shapes; ``buckets="off"`` compiles one executable per input shape.
+
+Recurrent layers (LSTM/RNN without ``expose_hidden``) carry their final h/c from one
+pass to the next, as Caffe's do: the net keeps these values between passes (zeros at
+first and after a reshape to another batch size), never as blobs of ``net.params``,
+``weights()`` or ``save``.
 """
 from collections import OrderedDict
 
@@ -86,6 +91,8 @@ class Net:
         self.bucketing = Bucketing(self._build, buckets, name=f'net "{self._net_param.name}"')
         self._plan = None               # the bucket plan of the last forward pass
         self._kept_vjp = None           # (plan, VJP) of the last forward pass, for backward()
+        self._carried = {}              # layer -> values carried to its next pass (LSTM/RNN h, c)
+        self._carried_in = None         # what the last forward pass started from, for backward()
         self._backward_called = False
         self._ranges = {}               # (graph, first, last) -> netspec.layer_range.LayerRange
         self._graph, self._filter_counts = None, {}
@@ -270,11 +277,35 @@ class Net:
         return {owner: [b.value() for b in blobs] for owner, blobs in self._param_blobs().items()}
 
     def state_tree(self):
-        return {name: [b.value() for b in self._layer_blobs[name]] for name in self._state_names}
+        """Layer state as the pure API's ``state`` (``netspec.compiler``): the stored blobs
+        (BatchNorm statistics) followed, per recurrent layer, by the values it carries into
+        its next pass."""
+        stored = {name: [b.value() for b in self._layer_blobs[name]] for name in self._state_names}
+        return compiler.join_state(self._graph, stored, self._carried)
 
-    def _device_trees(self):
-        """param_tree() and state_tree() on the device; host values are uploaded once and
-        kept on the blobs for later passes (netspec.blob)."""
+    def carried_tree(self):
+        """``{layer: [array, ...]}``: what each recurrent layer carries into its next pass
+        (LSTM: h, c; RNN: h; (1, N, H) each), zeros before the first pass."""
+        return compiler.split_state(self._graph, self.state_tree())[1]
+
+    def reset_carried(self):
+        """Start the recurrent layers' next pass from zeros (Caffe's ``RecurrentLayer::Reset``)."""
+        self._carried, self._carried_in = {}, None
+
+    def _take_state(self, graph, new_state, train):
+        """A pass's ``new_state``: the stored blobs (TRAIN passes) and the carried values."""
+        stored, carried = compiler.split_state(graph, new_state)
+        if train:
+            for name, arrays in stored.items():
+                if name in self._state_names:
+                    for blob, a in zip(self._layer_blobs[name], arrays):
+                        blob.set_device(a)
+        self._carried.update(carried)
+
+    def _device_trees(self, graph=None, carried=None):
+        """param_tree() and state_tree() on the device, the state for ``graph`` (default the
+        current one) with ``carried`` (default the kept values); host values are uploaded
+        once and kept on the blobs for later passes (netspec.blob)."""
         def upload(blobs):
             values = []
             for blob in blobs:
@@ -286,16 +317,21 @@ class Net:
             return values
         params = {owner: upload(blobs) for owner, blobs in self._param_blobs().items()}
         state = {name: upload(self._layer_blobs[name]) for name in self._state_names}
+        state = compiler.join_state(graph or self._graph, state,
+                                    self._carried if carried is None else carried)
         return params, state
 
     def set_param_tree(self, params, state=None):
-        """Take pure-API params (and state), device or host arrays, as the blobs' values."""
+        """Take pure-API params (and state), device or host arrays, as the blobs' values
+        (and carried values)."""
         for owner, blobs in self._param_blobs().items():
             for blob, value in zip(blobs, params.get(owner, ())):
                 self._set_value(blob, value)
-        for name, arrays in (state or {}).items():
+        stored, carried = compiler.split_state(self._graph, state or {})
+        for name, arrays in stored.items():
             for blob, value in zip(self._layer_blobs[name], arrays):
                 self._set_value(blob, value)
+        self._carried.update(carried)
 
     def set_param_diff_tree(self, diffs):
         """Param diffs from a pytree shaped like ``param_tree()`` (device arrays, no copy)."""
@@ -339,6 +375,9 @@ class Net:
                     raise NetspecError(f'layer "{node.name}": its parameter shapes depend on the input '
                                        f'size ({[b.shape for b in old]} vs {want}); use the size the net declares')
             self._graph = graph
+            # recurrent layers restart from zeros after a reshape that changes their shapes
+            self._carried = {name: values for name, values in self._carried.items()
+                             if [tuple(v.shape) for v in values] == graph.carried_shapes.get(name)}
         self._create_blobs(self._graph)
         self._set_loss_diffs()
 
@@ -439,7 +478,8 @@ class Net:
             return {name: self.blobs[name].data for name in outs}
         plan = self._plan = self.plan()
         self._last_rng = self._next_rng()
-        params, state = self._device_trees()
+        params, state = self._device_trees(plan.graph)
+        self._carried_in = compiler.split_state(plan.graph, state)[1]
         args = (params, state, plan.pad_inputs(self._input_values()), plan.extents, self._last_rng)
         vjp = self._expects_backward()
         train = self.phase == TRAIN
@@ -450,10 +490,7 @@ class Net:
         for name, value in result.items():
             if name not in plan.graph.inputs:
                 self.blobs[name].set_device(value, plan.exact.blob_shapes[name])
-        if train:
-            for name, arrays in new_state.items():
-                for blob, a in zip(self._layer_blobs[name], arrays):
-                    blob.set_device(a)
+        self._take_state(plan.graph, new_state, train)
         outs = list(self.top_names[end]) if end is not None else self.outputs
         outs += [b for b in (blobs or []) if b not in outs]
         return {name: self.blobs[name].data for name in outs}
@@ -494,7 +531,7 @@ class Net:
                                  args, key=("vjp", seeded))
         else:
             rng = self._last_rng if self._last_rng is not None else self._next_rng()
-            params, state = self._device_trees()
+            params, state = self._device_trees(plan.graph, self._carried_in)
             args = (params, state, plan.pad_inputs(self._input_values()), plan.extents, seeds, rng)
             run = self._compiled("backward", plan,
                                  lambda: jax.jit(passes.backward(plan, self.phase == TRAIN, seeded,
@@ -538,7 +575,8 @@ class Net:
         span = self._layer_range(start, end, "forward(start=..., end=...)")
         self._kept_vjp, self._plan = None, None
         self._last_rng = self._next_rng()
-        params, state = self._device_trees()
+        params, state = self._device_trees(span.graph)
+        self._carried_in = compiler.split_state(span.graph, state)[1]
         args = (params, state, {b: self.blobs[b].value() for b in span.reads}, self._last_rng)
         train = self.phase == TRAIN
         run = self._executables.get(("forward range", id(span.graph), span.first, span.last),
@@ -547,11 +585,8 @@ class Net:
         written, new_state = run(*args)
         for name, value in written.items():
             self.blobs[name].set_device(value)
-        if train:
-            for node in span.graph.nodes:
-                if node.name in new_state and node.name in self._state_names:
-                    for blob, a in zip(self._layer_blobs[node.name], new_state[node.name]):
-                        blob.set_device(a)
+        ran = {node.name for node in span.graph.nodes}
+        self._take_state(span.graph, {name: v for name, v in new_state.items() if name in ran}, train)
 
     def _backward_range(self, start, end):
         """Layers ``start`` down to ``end`` (names; None: the last/first layer), from the stored diffs."""
@@ -559,7 +594,7 @@ class Net:
         graph = self._graph
         self._backward_called = True
         rng = self._last_rng if self._last_rng is not None else self._next_rng()
-        params, state = self._device_trees()
+        params, state = self._device_trees(span.graph, self._carried_in)
         inputs = {b: self.blobs[b].value() for b in span.reads}
         seeds = {t: np.array(self.blobs[t].diff) for t in span.exposed}
         args = (params, state, inputs, seeds, rng)

@@ -12,6 +12,11 @@ written atomically.
 Per iteration, in Caffe's order: test (if ``iter % test_interval == 0``), forward/
 backward ``iter_size`` times, display, update, ``iter += 1``, snapshot (if
 ``iter % snapshot == 0``).
+
+The train net's layer state travels through the steps: BatchNorm's statistics and the
+values LSTM/RNN layers carry from one pass to the next (their final h, c: Caffe's
+truncated back-propagation through time over sequences split across batches; zeros
+again when a pass has another batch size).  Test nets keep their own carried values.
 """
 import math
 import os
@@ -231,12 +236,20 @@ class Solver:
         """Run the host data layers ``iter_size`` times; the input values of each pass."""
         return [self.net.next_inputs() for _ in range(max(1, int(self.param.iter_size)))]
 
+    def _fit_state(self, graph, state):
+        """``state`` for a pass of ``graph``: carried values of another shape (a batch
+        size change) become zeros, as Caffe's recurrent layers restart after a reshape."""
+        if not graph.carried_shapes:
+            return state
+        return self._replicated(compiler.join_state(graph, *compiler.split_state(graph, state)))
+
     def _run_iteration(self, params, state, batches, rng):
         """One Caffe iteration on device; returns (params, state, loss, outputs, plan).
         Each pass runs in the executable of its input sizes' bucket (``netspec.buckets``)."""
         plans = [self.net.plan_for(b) for b in batches]
         if len(batches) == 1:
             plan = plans[0]
+            state = self._fit_state(plan.graph, state)
             args = (params, state, self._opt_state, self._batch_sharded(plan.pad_inputs(batches[0]), 0),
                     self._replicated(plan.extents), jax.random.fold_in(rng, 0))
             params, state, self._opt_state, loss, outputs = self._step_fn(plan, args)(*args)
@@ -244,6 +257,7 @@ class Solver:
         grads = jax.tree.map(jnp.zeros_like, params)
         loss_sum = 0.0
         for i, (plan, batch) in enumerate(zip(plans, batches)):
+            state = self._fit_state(plan.graph, state)
             args = (params, state, grads, self._batch_sharded(plan.pad_inputs(batch), 0),
                     self._replicated(plan.extents), jax.random.fold_in(rng, i))
             state, grads, loss, outputs = self._accumulate_fn(plan, args)(*args)

@@ -355,3 +355,254 @@ def test_lstm_caffemodel_blob_order(tmp_path):
     assert [a.shape for a in read["lstm"]] == [(12, 3), (12,), (12, 3)]
     for a, e in zip(read["lstm"], weights["lstm"]):
         np.testing.assert_array_equal(a, e)
+
+
+# -- the hidden state carried from one forward pass to the next ------------------------
+# Caffe's RecurrentLayer::Forward_cpu (without expose_hidden) starts each pass from the
+# final h (and c) of its previous pass; cont = 1 at t = 0 keeps them.
+
+RNN_NET = """
+name: "seq_rnn"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 2 dim: 3 } } }
+layer { name: "cont" type: "Input" top: "cont" input_param { shape { dim: 4 dim: 2 } } }
+layer { name: "rnn" type: "RNN" bottom: "x" bottom: "cont" top: "o"
+        recurrent_param { num_output: 3
+          weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.2 } } }
+"""
+
+
+def _carry_passes(net, kind, params, batches):
+    """Run ``batches`` ((x, cont) pairs) through ``net`` and check each pass against the
+    NumPy loop started from the previous pass's final states; returns the last states."""
+    states = None
+    for x, cont in batches:
+        if kind == "LSTM":
+            net.forward(x=x, cont=cont)
+            h0, c0 = (None, None) if states is None else states
+            hs, h, c = lstm_reference(x, cont, params, h0=h0, c0=c0)
+            assert_close(net.blobs["h"].data, hs)
+            states = (h, c)
+        else:
+            net.forward(x=x, cont=cont)
+            out, h = rnn_reference(x, cont, params, h0=None if states is None else states[0])
+            assert_close(net.blobs["o"].data, out)
+            states = (h,)
+        carried = net.carried_tree()[kind.lower()]
+        assert [a.shape for a in carried] == [(1, cont.shape[1], 3)] * len(states)
+        for got, want in zip(carried, states):
+            assert_close(got, want[None])
+    return states
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_recurrent_state_carries_across_passes_and_resets_on_reshape(kind):
+    net = caffe.Net(parse_net(LSTM_NET if kind == "LSTM" else RNN_NET), caffe.TEST, seed=7)
+    layer = kind.lower()
+    params = [np.array(b.data) for b in net.params[layer]]
+    assert len(params) == (3 if kind == "LSTM" else 5)      # the learned blobs only
+    ones = np.ones((4, 2), np.float32)
+    batches = [(randn((4, 2, 3), 40 + i), ones) for i in range(3)]
+    states = _carry_passes(net, kind, params, batches)
+    # the carry matters: a fresh start differs from the third pass
+    fresh = lstm_reference(*batches[2], params)[0] if kind == "LSTM" else \
+        rnn_reference(*batches[2], params)[0]
+    top = "h" if kind == "LSTM" else "o"
+    assert np.abs(net.blobs[top].data - fresh).max() > 1e-3
+    assert [a.shape for a in net.weights()[layer]] == [a.shape for a in params]
+    assert len(net.params[layer]) == len(params) and len(net.layer_dict[layer].blobs) == len(params)
+    # another batch size: the states restart from zeros, then carry again
+    ones3 = np.ones((4, 3), np.float32)
+    _carry_passes(net, kind, params, [(randn((4, 3, 3), 50 + i), ones3) for i in range(2)])
+    # back to batch 2: zeros again (the batch-3 states do not fit)
+    _carry_passes(net, kind, params, [(randn((4, 2, 3), 60), ones)])
+    # cont = 0 at t = 0 flushes the carried states: equal to a fresh start
+    cont = ones.copy()
+    cont[0] = 0
+    x = randn((4, 2, 3), 61)
+    net.forward(x=x, cont=cont)
+    want = lstm_reference(x, cont, params)[0] if kind == "LSTM" else rnn_reference(x, cont, params)[0]
+    assert_close(net.blobs[top].data, want)
+    # an explicit reset (Caffe's RecurrentLayer::Reset)
+    net.reset_carried()
+    _carry_passes(net, kind, params, batches[:1])
+    del states
+
+
+def test_lstm_carried_state_in_layer_range_passes_and_in_train_phase():
+    net = caffe.Net(parse_net(LSTM_NET), caffe.TRAIN, seed=8)
+    params = [np.array(b.data) for b in net.params["lstm"]]
+    ones = np.ones((4, 2), np.float32)
+    x1, x2, x3 = (randn((4, 2, 3), 70 + i) for i in range(3))
+    net.forward(x=x1, cont=ones)                        # a TRAIN pass carries too
+    _, h, c = lstm_reference(x1, ones, params)
+    net.blobs["x"].data[...] = x2
+    net.blobs["cont"].data[...] = ones
+    net.forward(start="lstm", end="lstm")               # so does a layer range
+    hs, h, c = lstm_reference(x2, ones, params, h0=h, c0=c)
+    assert_close(net.blobs["h"].data, hs)
+    net.forward(x=x3, cont=ones)
+    hs, h, c = lstm_reference(x3, ones, params, h0=h, c0=c)
+    assert_close(net.blobs["h"].data, hs)
+
+
+def test_carried_state_never_reaches_the_caffemodel(tmp_path):
+    net = caffe.Net(parse_net(LSTM_NET), caffe.TEST, seed=9)
+    ones = np.ones((4, 2), np.float32)
+    for i in range(2):
+        net.forward(x=randn((4, 2, 3), 80 + i), cont=ones)
+    path = tmp_path / "carried.caffemodel"
+    net.save(str(path))
+    _, read = read_caffemodel(str(path))
+    assert sorted(name for name, blobs in read.items() if blobs) == ["fc", "lstm"]
+    assert [a.shape for a in read["lstm"]] == [(12, 3), (12,), (12, 3)]
+    for a, blob in zip(read["lstm"], net.params["lstm"]):
+        np.testing.assert_array_equal(a, blob.data)
+    # a net loading it starts from zeros
+    other = caffe.Net(parse_net(LSTM_NET), str(path), caffe.TEST)
+    x = randn((4, 2, 3), 82)
+    other.forward(x=x, cont=ones)
+    assert_close(other.blobs["h"].data, lstm_reference(x, ones, read["lstm"])[0])
+
+
+def test_pure_forward_threads_carried_state():
+    from netspec import compiler
+    from netspec.graph import build_graph
+    graph = build_graph(parse_net(LSTM_NET), caffe.TEST)
+    assert graph.carried_shapes == {"lstm": [(1, 2, 3), (1, 2, 3)]}
+    assert "lstm" not in graph.state_shapes
+    params, state = compiler.init_params(graph, seed=1)
+    assert state == {}
+    ones = np.ones((4, 2), np.float32)
+    x1, x2 = randn((4, 2, 3), 90), randn((4, 2, 3), 91)
+    run = jax.jit(lambda p, s, x: compiler.forward(graph, p, s, {"x": x, "cont": ones}))
+    state = compiler.join_state(graph, state, compiler.init_carried(graph))
+    blobs, _, state = run(params, state, x1)
+    _, h, c = lstm_reference(x1, ones, params["lstm"])
+    assert_close(state["lstm"][0], h[None])
+    assert_close(state["lstm"][1], c[None])
+    blobs, _, _ = run(params, state, x2)
+    assert_close(blobs["h"], lstm_reference(x2, ones, params["lstm"], h0=h, c0=c)[0])
+    # without carried values (e.g. CaffeModule): every call starts from zeros
+    blobs, _, _ = compiler.forward(graph, params, {}, {"x": x2, "cont": ones})
+    assert_close(blobs["h"], lstm_reference(x2, ones, params["lstm"])[0])
+    assert compiler.split_state(graph, state)[0] == {}
+
+
+def test_no_gradient_into_the_previous_pass_state():
+    from netspec import compiler
+    from netspec.graph import build_graph
+    graph = build_graph(parse_net(LSTM_NET), caffe.TEST)
+    params, _ = compiler.init_params(graph, seed=2)
+    ones = np.ones((4, 2), np.float32)
+    carried = {"lstm": [randn((1, 2, 3), 92), randn((1, 2, 3), 93)]}
+
+    def loss(carried):
+        blobs, _, _ = compiler.forward(graph, params, compiler.join_state(graph, {}, carried),
+                                       {"x": randn((4, 2, 3), 94), "cont": ones})
+        return jnp.sum(blobs["y"])
+    grads = jax.grad(loss)(carried)
+    assert all(float(jnp.abs(g).max()) == 0 for g in grads["lstm"])
+
+
+LSTM_TRAIN_NET = """
+name: "seq_train"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 3 dim: 2 dim: 2 } } }
+layer { name: "cont" type: "Input" top: "cont" input_param { shape { dim: 3 dim: 2 } } }
+layer { name: "target" type: "Input" top: "target" input_param { shape { dim: 3 dim: 2 dim: 3 } } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+        param { lr_mult: 1 } param { lr_mult: 2 } param { lr_mult: 1 }
+        recurrent_param { num_output: 3
+          weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "target" top: "loss" }
+"""
+
+
+def _jax_lstm(params, x, cont, h, c):
+    """Caffe's unrolled LSTM, step by step, in JAX (cont in {0, 1})."""
+    w_xc, b_c, w_hc = params
+    H = w_hc.shape[1]
+    hs = []
+    for t in range(x.shape[0]):
+        k = cont[t][:, None]
+        gates = (k * h) @ w_hc.T + x[t] @ w_xc.T + b_c
+        i, f, o, g = (gates[:, j * H:(j + 1) * H] for j in range(4))
+        i, f, o, g = jax.nn.sigmoid(i), k * jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(g)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        hs.append(h)
+    return jnp.stack(hs), h, c
+
+
+def _train_reference(params, batches, lr, lr_mults, carry):
+    """SGD (no momentum) on Caffe's EuclideanLoss, carrying h/c across steps (or not);
+    the copied-in states get no gradient.  Returns the losses and the final params."""
+    params = [jnp.asarray(p) for p in params]
+    N, H = batches[0][1].shape[1], params[-1].shape[1]
+    h = c = jnp.zeros((N, H))
+    losses = []
+
+    def loss_fn(params, x, cont, target, h, c):
+        hs, h_t, c_t = _jax_lstm(params, x, cont, h, c)
+        return jnp.sum((hs - target) ** 2) / (2 * x.shape[0]), (h_t, c_t)
+    for x, cont, target in batches:
+        if not carry:
+            h = c = jnp.zeros((N, H))
+        (loss, (h, c)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, cont, target, h, c)
+        params = [p - lr * m * g for p, m, g in zip(params, lr_mults, grads)]
+        losses.append(float(loss))
+    return losses, params
+
+
+def test_solver_carries_lstm_state_across_steps(tmp_path):
+    from netspec.prototxt import parse_solver
+    from netspec.solver import Solver
+    solver_param = parse_solver('base_lr: 0.5 lr_policy: "fixed" max_iter: 10 random_seed: 3 '
+                                'display: 0')
+    solver_param.net_param.CopyFrom(parse_net(LSTM_TRAIN_NET))
+    solver = Solver(solver_param)
+    initial = [np.array(b.data) for b in solver.net.params["lstm"]]
+    ones = np.ones((3, 2), np.float32)
+    batch = (randn((3, 2, 2), 100), ones, randn((3, 2, 3), 101, 0.5))
+    for name, value in zip(("x", "cont", "target"), batch):
+        solver.net.blobs[name].data[...] = value
+    losses = []
+    for _ in range(3):
+        solver.step(1)
+        losses.append(solver.smoothed_loss)
+    with jax.default_matmul_precision("highest"):
+        want, params = _train_reference(initial, [batch] * 3, 0.5, (1, 2, 1), carry=True)
+        zero_start, _ = _train_reference(initial, [batch] * 3, 0.5, (1, 2, 1), carry=False)
+    np.testing.assert_allclose(losses, want, rtol=1e-5)
+    assert abs(losses[1] - zero_start[1]) > 1e-4 * abs(zero_start[1])
+    for blob, p in zip(solver.net.params["lstm"], params):
+        assert_close(blob.data, np.asarray(p), rtol=1e-4, atol=1e-6)
+    # the step's final states went back to the net; a snapshot holds only the params
+    assert [a.shape for a in solver.net.carried_tree()["lstm"]] == [(1, 2, 3)] * 2
+    solver.param.snapshot_prefix = str(tmp_path / "seq")
+    model, _ = solver.snapshot()
+    _, read = read_caffemodel(model)
+    assert [a.shape for a in read["lstm"]] == [(12, 2), (12,), (12, 3)]
+
+
+def test_backward_recomputes_from_the_state_the_pass_started_from():
+    """A TEST net keeps no VJP: backward() recomputes the last pass from the states it
+    started from (not from the states it handed on), as Caffe's backward uses that pass."""
+    net = caffe.Net(parse_net(LSTM_NET), caffe.TEST, seed=11)
+    params = [jnp.asarray(b.data) for b in net.params["lstm"]]
+    w, b = (jnp.asarray(p.data) for p in net.params["fc"])
+    ones = np.ones((4, 2), np.float32)
+    x1, x2 = randn((4, 2, 3), 110), randn((4, 2, 3), 111)
+    net.forward(x=x1, cont=ones)
+    net.forward(x=x2, cont=ones)
+    seed = randn((4, 2, 2), 112)
+    net.backward(y=seed)
+    _, h, c = lstm_reference(x1, ones, [np.asarray(p) for p in params])
+
+    def objective(params):
+        hs, _, _ = _jax_lstm(params, jnp.asarray(x2), jnp.asarray(ones), jnp.asarray(h, jnp.float32),
+                             jnp.asarray(c, jnp.float32))
+        return jnp.sum(seed * (hs @ w.T + b))
+    with jax.default_matmul_precision("highest"):
+        grads = jax.grad(objective)(params)
+    for blob, g in zip(net.params["lstm"], grads):
+        assert_close(blob.diff, np.asarray(g), rtol=1e-4, atol=1e-5)

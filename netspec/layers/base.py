@@ -18,6 +18,14 @@ in H and W (``spatially_local``) can run on 4-axis blobs padded at the bottom/ri
 a bucket shape.  The compiler then hands it each bottom's true extent
 (``ctx.extents``), fills the cells outside it with ``spatial_fill(i)`` before the layer
 reads them, and asks ``top_extents`` for the tops' extents.
+
+State: ``state_shapes`` are non-learned blobs Caffe stores with the layer (BatchNorm's
+statistics: saved in caffemodels, updated in TRAIN passes).  ``carried_shapes`` are
+values a layer carries from one forward pass to the next that Caffe never saves
+(LSTM/RNN's final h and c without ``expose_hidden``); the layer reads them as
+``ctx.carried`` (empty: start from zeros) and hands the next pass's with
+``ctx.set_carried``, in every phase.  In the pure ``state`` pytree
+(``netspec.compiler``) a layer's entry is its stored blobs followed by its carried ones.
 """
 from ..errors import NetspecError
 from .extents import inside as inside_mask
@@ -58,19 +66,26 @@ class LayerContext:
     unless told otherwise).  ``rng``: a JAX PRNG key private to this layer and this
     pass (None when the pass was given no key).  ``state``: the layer's non-learned
     blobs (BatchNorm's running statistics); a layer that updates them calls
-    ``set_state(new_list)``.
+    ``set_state(new_list)``.  ``carried``: the values the layer's previous pass
+    handed on (``Layer.carried_shapes``), or an empty list for a first pass (start from
+    zeros); the layer hands the next pass's with ``set_carried(new_list)``.
     ``extents``: per bottom, its true (h, w) as int32 scalars in a padded pass, else None.
     """
 
-    def __init__(self, train, rng=None, state=(), extents=None):
+    def __init__(self, train, rng=None, state=(), extents=None, carried=()):
         self.train = train
         self.rng = rng
         self.state = list(state)
         self.new_state = None
+        self.carried = list(carried)
+        self.new_carried = None
         self.extents = list(extents or ())
 
     def set_state(self, blobs):
         self.new_state = list(blobs)
+
+    def set_carried(self, values):
+        self.new_carried = list(values)
 
     def extent(self, index):
         """Bottom ``index``'s true (h, w) in a padded pass, None otherwise."""
@@ -146,6 +161,11 @@ class Layer:
 
     def state_shapes(self):
         """Shapes of non-learned blobs that Caffe stores with the layer (BatchNorm)."""
+        return []
+
+    def carried_shapes(self):
+        """Shapes of the values carried from one forward pass to the next and never saved
+        (LSTM/RNN's final h, c); zeros before the first pass and after a reshape."""
         return []
 
     def forward(self, ctx, params, bottoms):

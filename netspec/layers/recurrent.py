@@ -23,9 +23,13 @@ the hT/cT tops are ignored (Caffe zeroes the recurrent outputs' diffs: "we can't
 backpropagate across batches").  LSTMUnit's backward is Caffe's CPU formula (see
 ``_lstm_unit``).
 
-Not reproduced: without ``expose_hidden`` Caffe carries the final h/c of one forward
-pass into the next pass's initial state (flushed wherever cont_0 is 0); here every
-pass starts from zero states, which equals Caffe whenever cont is 0 at t = 0.
+Carried state: without ``expose_hidden`` a pass starts from the final h (and c) of the
+layer's previous pass, as Caffe's Forward copies its recurrent outputs into its
+recurrent inputs (cont_0 = 0 flushes them); the first pass, and the first after a
+reshape to another batch size, start from zeros.  These values are the layer's
+``carried_shapes`` ((1, N, H) each, h then c), never layer blobs: caffemodels hold only
+the learned blobs above.  No gradient flows into them ("we can't backpropagate across
+batches").
 """
 import jax
 import jax.numpy as jnp
@@ -178,18 +182,23 @@ class _Recurrent(Layer):
         state = (1, self.N, self.hidden)
         return [(self.T, self.N, self.hidden)] + [state] * (self.num_tops - 1)
 
-    def _split_bottoms(self, bottoms):
+    def carried_shapes(self):
+        """Without ``expose_hidden``: the final h (and c) handed to the next pass."""
+        return [] if self.expose_hidden else [(1, self.N, self.hidden)] * self.num_states
+
+    def _split_bottoms(self, ctx, bottoms):
         x, cont = bottoms[:2]
         static = bottoms[2] if self.static_input else None
         states = bottoms[2 + self.static_input:]
         cont = lax.stop_gradient(cont).astype(x.dtype)
         dtype = x.dtype
-        zero = jnp.zeros((self.N, self.hidden), dtype)
+        if not states and ctx.carried:      # the previous pass's final states
+            states = ctx.carried
         if states:      # Caffe shares only their data: no gradient to the initial states
             states = [lax.stop_gradient(s).reshape(self.N, self.hidden).astype(dtype)
                       for s in states]
         else:
-            states = [zero] * self.num_states
+            states = [jnp.zeros((self.N, self.hidden), dtype)] * self.num_states
         return x, cont, static, states
 
     def _input_transform(self, x, weight, bias, static, static_weight):
@@ -202,8 +211,9 @@ class _Recurrent(Layer):
                 static_weight.astype(x.dtype).T
         return projected, static_term
 
-    def _final_tops(self, finals):
+    def _final_tops(self, ctx, finals):
         if not self.expose_hidden:
+            ctx.set_carried([s.reshape(1, self.N, self.hidden) for s in finals])
             return []
         # Caffe drops the diffs of these tops
         return [lax.stop_gradient(s).reshape(1, self.N, self.hidden) for s in finals]
@@ -230,7 +240,7 @@ class LSTM(_Recurrent):
         return fillers + [p.weight_filler]
 
     def forward(self, ctx, params, bottoms):
-        x, cont, static, (h0, c0) = self._split_bottoms(bottoms)
+        x, cont, static, (h0, c0) = self._split_bottoms(ctx, bottoms)
         w_xc, b_c = params[0], params[1]
         w_static = params[2] if self.static_input else None
         w_hc = params[-1].astype(x.dtype)
@@ -247,7 +257,7 @@ class LSTM(_Recurrent):
             return (h, c), h
 
         (h_last, c_last), hs = lax.scan(step, (h0, c0), (gate_x, cont))
-        return [hs] + self._final_tops([h_last, c_last])
+        return [hs] + self._final_tops(ctx, [h_last, c_last])
 
 
 @register("RNN")
@@ -272,7 +282,7 @@ class RNN(_Recurrent):
         return fillers + [p.weight_filler, p.weight_filler, p.bias_filler]
 
     def forward(self, ctx, params, bottoms):
-        x, cont, static, (h0,) = self._split_bottoms(bottoms)
+        x, cont, static, (h0,) = self._split_bottoms(ctx, bottoms)
         w_xh, b_h = params[0], params[1]
         w_static = params[2] if self.static_input else None
         w_hh, w_ho, b_o = (p.astype(x.dtype) for p in params[-3:])
@@ -288,4 +298,4 @@ class RNN(_Recurrent):
 
         h_last, hs = lax.scan(step, h0, (h_x, cont))
         o = jnp.tanh(hs @ w_ho.T + b_o)
-        return [o] + self._final_tops([h_last])
+        return [o] + self._final_tops(ctx, [h_last])
