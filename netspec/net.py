@@ -88,7 +88,7 @@ class Net:
         self._passes = 0
         self._last_rng = None
         self.blobs = OrderedDict()
-        self.bucketing = Bucketing(self._build, buckets, name=f'net "{self._net_param.name}"')
+        self.bucketing = Bucketing(self._build, buckets, name=f'net "{self.label}"')
         self._plan = None               # the bucket plan of the last forward pass
         self._kept_vjp = None           # (plan, VJP) of the last forward pass, for backward()
         self._carried = {}              # layer -> values carried to its next pass (LSTM/RNN h, c)
@@ -247,6 +247,14 @@ class Net:
     def name(self):
         return self._net_param.name
 
+    @property
+    def label(self):
+        """What messages call the net: its name, else its prototxt file's name."""
+        if self._net_param.name or self._source == "<NetParameter>":
+            return self._net_param.name
+        import os
+        return os.path.basename(self._source)
+
     def graph_for(self, input_shapes):
         """The checked graph for these input blob shapes (built once per shape set, then cached)."""
         return self._build(dict(input_shapes))
@@ -387,7 +395,7 @@ class Net:
 
     def _what(self, kind, plan):
         phase = "TRAIN" if self.phase == TRAIN else "TEST"
-        return f'{kind} of net "{self.name}" ({phase}), bucket {describe_bucket(plan)}'
+        return f'{kind} of net "{self.label}" ({phase}), bucket {describe_bucket(plan)}'
 
     def _compiled(self, kind, plan, make, args, key=()):
         return self._executables.get((kind, id(plan.graph), plan.padded) + tuple(key), make, args,
@@ -439,7 +447,7 @@ class Net:
         batch size; its passes then walk through them in order."""
         memory = [obj for _, obj, _ in self._host_data.layers if hasattr(obj, "set_input_arrays")]
         if not memory:
-            raise NetspecError(f'net "{self.name}": set_input_arrays needs a MemoryData layer, and the net has none')
+            raise NetspecError(f'net "{self.label}": set_input_arrays needs a MemoryData layer, and the net has none')
         self._host_data.restart()
         labels = np.asarray(labels)
         if labels.ndim == 1:
@@ -568,7 +576,7 @@ class Net:
 
     def _range_what(self, kind, span):
         names = self._graph.nodes
-        return f'{kind} of net "{self.name}", layers {names[span.first].name}..{names[span.last].name}'
+        return f'{kind} of net "{self.label}", layers {names[span.first].name}..{names[span.last].name}'
 
     def _forward_range(self, start, end):
         """Layers ``start..end`` (names; None: the first/last layer) on the blobs' current values."""

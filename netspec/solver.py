@@ -198,7 +198,7 @@ class Solver:
         return optax.apply_updates(params, updates), opt_state
 
     def _what(self, kind, plan):
-        return f'{kind} of net "{self.net.name}", bucket {describe_bucket(plan)}'
+        return f'{kind} of net "{self.net.label}", bucket {describe_bucket(plan)}'
 
     def _step_fn(self, plan, args):
         """Forward, backward and update in one executable (iter_size 1), per bucket.
@@ -230,7 +230,7 @@ class Solver:
 
     def _apply_fn(self, args):
         return self._executables.get(("apply",), lambda: jax.jit(self._apply, donate_argnums=(0, 1)),
-                                     args, f'update of net "{self.net.name}"')
+                                     args, f'update of net "{self.net.label}"')
 
     def _next_batches(self):
         """Run the host data layers ``iter_size`` times; the input values of each pass."""
@@ -326,7 +326,7 @@ class Solver:
         p = self.param
         self.requested_early_exit = False
         compiles = TOTALS.snapshot()
-        self.log(f"Solving {self.net.name}")
+        self.log(f"Solving {self.net.label}")
         self.log(f"Learning Rate Policy: {p.lr_policy}")
         if resume_file:
             self.log(f"Restoring previous solver status from {resume_file}")
