@@ -378,10 +378,11 @@ class Net:
         if graph is not self._graph:
             for node in graph.nodes:
                 old = self._layer_blobs.get(node.name, [])
-                want = [s for s in graph.param_shapes.get(node.name, [])]
-                if node.name in graph.param_shapes and [b.shape for b in old[:len(want)]] != want:
+                have = [b.shape for b in old[:len(node.param_keys)]]
+                want = [tuple(graph.param_shapes[owner][i]) for owner, i in node.param_keys]
+                if have != want:
                     raise NetspecError(f'layer "{node.name}": its parameter shapes depend on the input '
-                                       f'size ({[b.shape for b in old]} vs {want}); use the size the net declares')
+                                       f'size ({have} vs {want}); use the size the net declares')
             self._graph = graph
             # recurrent layers restart from zeros after a reshape that changes their shapes
             self._carried = {name: values for name, values in self._carried.items()

@@ -241,3 +241,23 @@ def test_dropout_backward_uses_the_forward_mask():
     seed = np.random.RandomState(13).randn(4, 50).astype(np.float32)
     net.backward(out=seed)
     np.testing.assert_allclose(net.blobs["data"].diff, np.where(out != 0, 2 * seed, 0), rtol=1e-6)
+
+
+def test_a_layer_sharing_its_weight_but_owning_its_bias_runs_and_reshapes(tmp_path):
+    """param { name: "w" } on the weight only: the layer's blobs are [shared, owned]."""
+    import numpy as np
+    import netspec
+    (tmp_path / "net.prototxt").write_text('''
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 } } }
+layer { name: "fc_a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "fc_b" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" }
+        inner_product_param { num_output: 3 bias_filler { type: "constant" value: 0.5 } } }
+''')
+    net = netspec.Net(str(tmp_path / "net.prototxt"), netspec.TEST)
+    x = np.arange(20, dtype=np.float32).reshape(5, 4)
+    out = net.forward(data=x)        # a new batch size: the graph is rebuilt and checked
+    w = net.params["fc_a"][0].data
+    assert net.params["fc_b"][0] is net.params["fc_a"][0]
+    np.testing.assert_allclose(out["b"], x @ w.T + 0.5, rtol=1e-5)
+    np.testing.assert_allclose(out["a"], x @ w.T, rtol=1e-5)
