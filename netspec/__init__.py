@@ -30,10 +30,12 @@ _LAZY = {
     "AdaDeltaSolver": "netspec.solver", "AdamSolver": "netspec.solver",
     "CaffeModule": "netspec.flax_module",
     "Classifier": "netspec.classifier", "Detector": "netspec.detector",
+    "CaffeNNXModule": "netspec.nnx_module",
 }
 # submodules pycaffe scripts reach as attributes (``caffe.io.load_image``,
 # ``caffe.proto.caffe_pb2``): the module itself, after importing the one named
-_LAZY_MODULES = {"io": ("netspec.io", "netspec.io"), "proto": ("netspec.proto.caffe_pb2", "netspec.proto")}
+_LAZY_MODULES = {"io": ("netspec.io", "netspec.io"), "proto": ("netspec.proto.caffe_pb2", "netspec.proto"),
+                  "draw": ("netspec.draw", "netspec.draw")}
 
 
 def __getattr__(name):

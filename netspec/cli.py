@@ -23,6 +23,9 @@ COMMANDS = {
     "quickstart": "generate a synthetic dataset, train a slim FCN-8s on it and score it",
     "convert_imageset": "image list -> LMDB/LevelDB of Caffe Datums (caffe's convert_imageset)",
     "compute_image_mean": "database of Datums -> mean.binaryproto (caffe's compute_image_mean)",
+    "plot": "training curves from a Caffe-format training log",
+    "draw": "draw a net with Graphviz (caffe's draw_net.py)",
+    "export": "convert a net and its weights to safetensors, Orbax, ONNX or StableHLO",
 }
 
 _ALIASES = {"device-query": "device_query", "convert-imageset": "convert_imageset",
