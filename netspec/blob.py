@@ -27,7 +27,8 @@ class Blob:
 
     def __init__(self, shape=(), data=None):
         if data is not None:
-            self._host = np.ascontiguousarray(data, dtype=np.float32)
+            host = np.asarray(data, dtype=np.float32)     # (ascontiguousarray would make 0-d blobs 1-d)
+            self._host = host if host.flags.c_contiguous else np.array(host, order="C")
         else:
             self._host = np.zeros(tuple(int(d) for d in shape), np.float32)
         self._shape = self._host.shape

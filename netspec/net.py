@@ -59,6 +59,12 @@ def _parse_net_args(args, weights, phase):
     return weights, TEST if phase is None else phase
 
 
+def _rewritten_inputs(graph):
+    """Input blobs a layer writes in place (``bottom: "data" top: "data"``): after a pass
+    they hold the layer's result, as in Caffe."""
+    return {t for n in graph.nodes if not n.is_input for t in n.tops if t in graph.inputs}
+
+
 class Net:
     """A net built from a prototxt (path or ``NetParameter``) for one phase."""
 
@@ -496,8 +502,9 @@ class Net:
                              args, key=(vjp,))
         result, _, new_state, pullback = run(*args)
         self._kept_vjp = (plan, pullback) if vjp else None
+        rewritten = _rewritten_inputs(plan.graph)
         for name, value in result.items():
-            if name not in plan.graph.inputs:
+            if name not in plan.graph.inputs or name in rewritten:
                 self.blobs[name].set_device(value, plan.exact.blob_shapes[name])
         self._take_state(plan.graph, new_state, train)
         outs = list(self.top_names[end]) if end is not None else self.outputs

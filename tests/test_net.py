@@ -261,3 +261,21 @@ layer { name: "fc_b" type: "InnerProduct" bottom: "data" top: "b" param { name: 
     assert net.params["fc_b"][0] is net.params["fc_a"][0]
     np.testing.assert_allclose(out["b"], x @ w.T + 0.5, rtol=1e-5)
     np.testing.assert_allclose(out["a"], x @ w.T, rtol=1e-5)
+
+
+def test_a_layer_in_place_on_an_input_leaves_its_result_in_the_blob(tmp_path):
+    """Caffe: net.blobs["data"] after forward holds what an in-place layer wrote there."""
+    import numpy as np
+    import netspec
+    (tmp_path / "net.prototxt").write_text('''
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "scale" type: "Power" bottom: "data" top: "data" power_param { scale: 2 shift: 1 } }
+layer { name: "sc" type: "Scale" bottom: "data" top: "out"
+        scale_param { axis: 0 num_axes: 0 filler { type: "constant" value: 3 } } }
+''')
+    net = netspec.Net(str(tmp_path / "net.prototxt"), netspec.TEST)
+    assert net.params["sc"][0].shape == ()          # a scalar learned blob (num_axes 0)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    out = net.forward(data=x)
+    np.testing.assert_allclose(net.blobs["data"].data, 2 * x + 1)
+    np.testing.assert_allclose(out["out"], 3 * (2 * x + 1))
