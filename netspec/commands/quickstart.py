@@ -4,18 +4,17 @@
 2. trains the slim FCN-8s of ``models/quickstart-fcn8s`` (voc-fcn8s's topology, narrow)
    from scratch with ``netspec.solver`` through its ``VOCSegDataLayer`` Python data layer;
 3. scores it on the val split (pixel accuracy, mean accuracy, mean IU, f.w. IU);
-4. writes palette PNG predictions + overlays and a picture of the training curve.
+4. writes palette PNG predictions + overlays, ``predictions/panels.png`` (image | ground
+   truth | prediction | overlay for the first val images), ``training_curve.png``,
+   ``confusion_matrix.png`` and ``per_class_iu.png`` (:mod:`netspec.plots`).
 Everything lands in ``--out`` (default ``runs/quickstart``).
 """
 import importlib.util
-import io
 import os
-import re
 import sys
 import time
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from ..errors import NetspecError
 
@@ -75,49 +74,14 @@ def make_solver_param(model, data_dir, mean, iters, prefix, seed):
     return sp
 
 
-def plot_curve(points, path, title="training loss"):
-    """A small line chart of (iteration, loss) with Pillow (no plotting dependency)."""
-    w, h, margin = 640, 360, 48
-    image = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle([margin, margin // 2, w - margin // 2, h - margin], outline="black")
-    if len(points) >= 2:
-        its, losses = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
-        x0, x1 = its.min(), max(its.max(), its.min() + 1)
-        y0, y1 = 0.0, max(losses.max(), 1e-6)
-        xy = [(margin + (i - x0) / (x1 - x0) * (w - 1.5 * margin),
-               h - margin - (v - y0) / (y1 - y0) * (h - 1.5 * margin)) for i, v in zip(its, losses)]
-        draw.line(xy, fill=(200, 40, 40), width=2)
-        draw.text((margin + 4, margin // 2 + 4), f"{title}: {losses[0]:.3g} -> {losses[-1]:.3g}", fill="black")
-        draw.text((margin, h - margin + 6), f"iteration {int(x0)}", fill="black")
-        draw.text((w - 3 * margin, h - margin + 6), f"{int(its.max())}", fill="black")
-        draw.text((4, margin // 2), f"{y1:.3g}", fill="black")
-        draw.text((4, h - margin - 10), "0", fill="black")
-    image.save(path)
-
-
-class _Tee(io.TextIOBase):
-    """Log lines to the terminal and collect them for the curve."""
-
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, s):
-        for stream in self.streams:
-            stream.write(s)
-        return len(s)
-
-    def flush(self):
-        for stream in self.streams:
-            stream.flush()
-
-
 def run(args):
     from .. import Net, TEST
     from ..data.synthetic import make_dataset
     from ..prototxt import write_net, write_solver
     from ..score import format_scores, net_hist, scores
+    from ..plots import prediction_panels, score_figures, training_curve
     from ..solver import Log, Solver
+    from ..training_log import LogTee, parse_log
     from .infer import overlay, palette_image
 
     start = time.time()
@@ -138,17 +102,17 @@ def run(args):
     val_net_param = _point_data_layer(model.fcn("val"), data_dir, mean)
     write_net(os.path.join(out, "val.prototxt"), val_net_param)
     with open(os.path.join(out, "train.log"), "w") as log_file:
-        solver = Solver(sp, log=Log(_Tee(sys.stderr, log_file)), precision=args.precision)
+        solver = Solver(sp, log=Log(LogTee(sys.stderr, [log_file])), precision=args.precision)
         solver.solve()
-    with open(os.path.join(out, "train.log")) as f:
-        points = [(int(m.group(1)), float(m.group(2)))
-                  for m in re.finditer(r"Iteration (\d+) \(.*?\), loss = ([-+\d.eE]+|nan|inf)", f.read())]
-    plot_curve(points, os.path.join(out, "training_curve.png"))
+    training_curve(parse_log(os.path.join(out, "train.log")), os.path.join(out, "training_curve.png"),
+                   title=f"quickstart: slim FCN-8s on {args.train_images} synthetic images, {solver.iter} iterations")
     weights = f"{solver._snapshot_prefix()}_iter_{solver.iter}.caffemodel"
 
     print(f"[3/4] scoring on the {args.val_images} val images", flush=True)
     net = Net(val_net_param, weights=weights, phase=TEST, precision=args.precision)
-    result = scores(net_hist(net, args.val_images, n_cl))
+    hist = net_hist(net, args.val_images, n_cl)
+    result = scores(hist)
+    score_figures(hist, list(class_names), out)
     report = format_scores(result, list(class_names))
     with open(os.path.join(out, "scores.txt"), "w") as f:
         f.write("\n".join(report) + "\n")
@@ -156,6 +120,7 @@ def run(args):
     print(f"[4/4] writing predictions to {out}/predictions", flush=True)
     pred_dir = os.path.join(out, "predictions")
     os.makedirs(pred_dir, exist_ok=True)
+    panels = []
     for i in range(min(8, args.val_images)):
         net.forward()
         label = net.blobs["score"].data[0].argmax(0)
@@ -163,7 +128,12 @@ def run(args):
         rgb = bgr[:, :, ::-1].clip(0, 255)
         palette_image(label).save(os.path.join(pred_dir, f"val_{i:02d}.png"))
         overlay(rgb, label).save(os.path.join(pred_dir, f"val_{i:02d}_overlay.jpg"), quality=92)
+        if i < 4:
+            truth = np.array(net.blobs["label"].data[0]).reshape(label.shape) if "label" in net.blobs else None
+            panels.append({"image": rgb, "label": truth, "prediction": label, "title": f"val_{i:02d}"})
+    prediction_panels(panels, list(class_names), None, os.path.join(pred_dir, "panels.png"))
     print("\n".join(report))
     print(f"mean IU {100 * result['mean_iu']:.1f} on {args.val_images} val images after {solver.iter} "
-          f"iterations ({time.time() - start:.0f} s); weights {weights}, curve {out}/training_curve.png")
+          f"iterations ({time.time() - start:.0f} s); weights {weights}, curve {out}/training_curve.png, "
+          f"panels {pred_dir}/panels.png")
     return 0
