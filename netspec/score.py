@@ -146,19 +146,22 @@ def seg11valid_ids(voc2011_dir, sbd_train_ids, expected=SEG11VALID_COUNT):
     return valid
 
 
-def net_hist(net, iterations, n_cl, score_blob="score", label_blob="label"):
+def net_hist(net, iterations, n_cl, score_blob="score", label_blob="label", after_pass=None):
     """Confusion histogram of a netspec/pycaffe ``Net`` whose data layer feeds ``label_blob``.
 
     Runs ``iterations`` forward passes (the data layer advances each time, as in the
     reference ``score.seg_tests``) and compares ``argmax`` over ``score_blob``'s
-    channels with the labels.
+    channels with the labels.  ``after_pass(i, net, prediction)``, if given, sees each
+    pass (e.g. to keep pictures of the first few).
     """
     hist = np.zeros((n_cl, n_cl), np.int64)
-    for _ in range(iterations):
+    for i in range(iterations):
         net.forward()
-        scores_ = net.blobs[score_blob].data[0]
+        prediction = net.blobs[score_blob].data[0].argmax(0)
         label = net.blobs[label_blob].data[0]
-        hist += fast_hist(label.reshape(-1).astype(np.int64), scores_.argmax(0).reshape(-1), n_cl)
+        hist += fast_hist(label.reshape(-1).astype(np.int64), prediction.reshape(-1), n_cl)
+        if after_pass is not None:
+            after_pass(i, net, prediction)
     return hist
 
 

@@ -501,3 +501,48 @@ def test_netspec_score_figures(tmp_path, monkeypatch, capsys):
     assert "IU left" in printed and "figs/per_class_iu.png" in printed
     for name in ("confusion_matrix.png", "per_class_iu.png"):
         not_blank(picture(tmp_path / "figs" / name), min_colours=20)
+
+
+RGB_DATA = '''
+import numpy as np
+import netspec
+
+class Pictures(netspec.Layer):
+    """3-channel images (BGR, mean 10,20,30 subtracted) and labels 0..2."""
+    def setup(self, bottom, top):
+        self.rs = np.random.RandomState(5)
+    def reshape(self, bottom, top):
+        top[0].reshape(1, 3, 16, 12)
+        top[1].reshape(1, 1, 16, 12)
+    def forward(self, bottom, top):
+        top[0].data[...] = self.rs.uniform(0, 200, (1, 3, 16, 12)) - np.array([10, 20, 30]).reshape(1, 3, 1, 1)
+        top[1].data[...] = self.rs.randint(0, 3, (1, 1, 16, 12))
+'''
+
+
+def test_netspec_score_panels(tmp_path, monkeypatch, capsys):
+    """score --panels: the first images' rows, with the VOC palette colours of the classes
+    predicted and labelled; the mean comes from the data layer's param_str."""
+    from netspec.caffemodel import write_caffemodel
+    from netspec.commands.score import data_layer_mean
+    from netspec.plots import palette_array
+    from netspec.prototxt import read_net
+    (tmp_path / "plots_pictures.py").write_text(RGB_DATA)
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "data" type: "Python" top: "data" top: "label" '
+        "python_param { module: 'plots_pictures' layer: 'Pictures' param_str: \"{'mean': (10, 20, 30)}\" } }\n"
+        'layer { name: "score" type: "Convolution" bottom: "data" top: "score" '
+        'convolution_param { num_output: 3 kernel_size: 1 } }\n')
+    assert data_layer_mean(read_net(str(tmp_path / "net.prototxt"))) == [10.0, 20.0, 30.0]
+    rs = np.random.RandomState(0)
+    write_caffemodel(str(tmp_path / "w.caffemodel"), None,
+                     {"score": [rs.randn(3, 3, 1, 1).astype(np.float32), rs.randn(3).astype(np.float32)]})
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "--model", "net.prototxt", "--weights", "w.caffemodel", "--classes", "3",
+                 "--iterations", "3", "--panels", "panels.png", "--panels-rows", "2"]) == 0
+    assert "panels -> panels.png" in capsys.readouterr().out
+    a = picture(tmp_path / "panels.png")
+    not_blank(a)
+    colours = colours_of(a)
+    for k in range(3):
+        assert tuple(int(v) for v in palette_array(None)[k]) in colours

@@ -16,7 +16,31 @@ def add_arguments(p):
     p.add_argument("--class-names", metavar="FILE",
                    help="class names, one a line, for the per-class lines and figures "
                         "(default: PASCAL VOC's for up to 21 classes)")
+    p.add_argument("--panels", metavar="PNG",
+                   help="also draw image | ground truth | prediction | overlay for the first images")
+    p.add_argument("--panels-rows", type=int, default=8, metavar="N", help="images in --panels (default 8)")
+    p.add_argument("--data-blob", default="data", help="the image blob drawn in --panels")
+    p.add_argument("--mean", metavar="B,G,R",
+                   help="the mean the data layer subtracted, added back for --panels (default: the data "
+                        "layer's own: python_param mean or transform_param mean_value)")
     add_execution_arguments(p)
+
+
+def data_layer_mean(net_param):
+    """The BGR mean a net's data layer subtracts: a Python data layer's ``mean`` in its
+    param_str, or Caffe's ``transform_param.mean_value``; zeros when neither is given."""
+    import ast
+    for layer in net_param.layer:
+        if layer.type == "Python" and not layer.bottom:
+            try:
+                params = ast.literal_eval(layer.python_param.param_str or "{}")
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(params, dict) and "mean" in params:
+                return [float(m) for m in params["mean"]]
+        if layer.transform_param.mean_value:
+            return [float(m) for m in layer.transform_param.mean_value]
+    return [0.0, 0.0, 0.0]
 
 
 def run(args):
@@ -36,9 +60,31 @@ def run(args):
     for blob in (args.score_blob, args.label_blob):
         if blob not in net.blobs:
             raise NetspecError(f'score: {args.model} has no blob "{blob}" (use --score-blob/--label-blob)')
-    hist = net_hist(net, args.iterations, args.classes, args.score_blob, args.label_blob)
+    rows = []
+    if args.panels:
+        import numpy as np
+        if args.panels_rows < 1:
+            raise NetspecError("score: --panels-rows must be >= 1")
+        if args.data_blob not in net.blobs:
+            raise NetspecError(f'score: {args.model} has no blob "{args.data_blob}" to draw (use --data-blob)')
+        try:
+            mean = ([float(m) for m in args.mean.split(",")] if args.mean else data_layer_mean(net.to_proto()))
+        except ValueError:
+            raise NetspecError(f'score: --mean "{args.mean}": give B,G,R numbers') from None
+
+        def keep(i, net, prediction):
+            if i < args.panels_rows:
+                bgr = net.blobs[args.data_blob].data[0].transpose(1, 2, 0) + np.asarray(mean, np.float32)
+                rows.append({"image": bgr[:, :, ::-1].clip(0, 255), "label": net.blobs[args.label_blob].data[0],
+                             "prediction": prediction, "title": f"image {i}"})
+    hist = net_hist(net, args.iterations, args.classes, args.score_blob, args.label_blob,
+                    after_pass=keep if args.panels else None)
     result = scores(hist)
     print("\n".join(format_scores(result, class_names)))
+    if rows:
+        from ..plots import prediction_panels
+        prediction_panels(rows, class_names, path=args.panels)
+        print(f"panels -> {args.panels}")
     if args.figures:
         from ..plots import score_figures
         for path in score_figures(hist, class_names, args.figures):
