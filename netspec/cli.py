@@ -26,6 +26,8 @@ COMMANDS = {
     "plot": "training curves from a Caffe-format training log",
     "draw": "draw a net with Graphviz (caffe's draw_net.py)",
     "export": "convert a net and its weights to safetensors, Orbax, ONNX or StableHLO",
+    "regions": "object regions from a pairwise region net: mask PNGs, JSON and overlays, "
+               "or proposal metrics (R@50, R@70, ABO, AR@k) with --score",
 }
 
 _ALIASES = {"device-query": "device_query", "convert-imageset": "convert_imageset",
