@@ -17,7 +17,8 @@ COMMANDS = {
     "time": "per-layer forward/backward timing (caffe time)",
     "device_query": "list the JAX devices",
     "upgrade": "upgrade a legacy net, solver or caffemodel to the current format",
-    "surgery": "transplant weights between nets, bilinear-initialize upsampling layers",
+    "surgery": "transplant weights between nets, bilinear-initialize upsampling layers, dilate strides "
+               "(shift-and-stitch)",
     "score": "segmentation metrics of a net over a dataset split",
     "infer": "segment images and write palette PNGs and overlays",
     "quickstart": "generate a synthetic dataset, train a slim FCN-8s on it and score it",
@@ -28,6 +29,10 @@ COMMANDS = {
     "export": "convert a net and its weights to safetensors, Orbax, ONNX or StableHLO",
     "regions": "object regions from a pairwise region net: mask PNGs, JSON and overlays, "
                "or proposal metrics (R@50, R@70, ABO, AR@k) with --score",
+    "info": "shapes, parameters, multiply-adds and receptive fields of every layer of a net",
+    "features": "dense features of whole images at chosen layers, with each feature's rf centre (npz)",
+    "keypoints": "thesis ch. 2 keypoint experiments: convnet flow keypoint transfer, keypoint "
+                 "classification, keypoint prediction (flow|classify|predict; PCK tables)",
 }
 
 _ALIASES = {"device-query": "device_query", "convert-imageset": "convert_imageset",

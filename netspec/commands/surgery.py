@@ -7,6 +7,9 @@ Deconvolution whose name contains "up" to bilinear interpolation (the FCN recipe
 ``netspec surgery vgg16-to-fcn`` is that recipe for the VGG16 ILSVRC classifier and an
 FCN train prototxt.  Layers the old weights lack keep the new net's fillers (FCN's
 score layers have none, so they start at zero).
+``netspec surgery dilate NET WEIGHTS --at pool4,pool5 -o OUT`` removes those layers'
+strides and dilates every later filter (shift-and-stitch as dilation,
+:mod:`netspec.shift_and_stitch`), writing OUT.prototxt and OUT.caffemodel.
 """
 import numpy as np
 
@@ -28,6 +31,16 @@ def add_arguments(p):
     v.add_argument("--fcn-model", required=True, help="an FCN train prototxt, e.g. models/voc-fcn32s/train.prototxt")
     v.add_argument("--out", required=True)
     v.add_argument("--input-shape", action="append", default=[], metavar="BLOB=N,C,H,W")
+    d = sub.add_parser("dilate", help="shift-and-stitch as filter dilation: remove the stride of "
+                                      "layers and dilate every later filter, keeping the weights")
+    d.add_argument("net", help="the net prototxt (cut before any upsampling/classifier layers)")
+    d.add_argument("weights", help="its .caffemodel (copied unchanged)")
+    d.add_argument("--at", required=True, help="comma-separated Convolution/Pooling layers whose "
+                                               "stride to remove, e.g. pool4,pool5")
+    d.add_argument("--end", metavar="LAYER",
+                   help="first cut the net after LAYER (e.g. score_fr: before FCN's upsampling)")
+    d.add_argument("-o", "--out", required=True, metavar="OUT_PREFIX",
+                   help="writes OUT_PREFIX.prototxt and OUT_PREFIX.caffemodel")
 
 
 def _parse_shapes(specs):
@@ -79,8 +92,35 @@ def _ordered(graph, weights):
     return {n.name: [np.asarray(a, np.float32) for a in weights[n.name]] for n in graph.nodes if n.name in weights}
 
 
+def run_dilate(args):
+    """``netspec surgery dilate NET WEIGHTS --at pool4,pool5 -o OUT``."""
+    from ..caffemodel import load_weights, write_caffemodel
+    from ..prototxt import read_net, write_net
+    from ..shift_and_stitch import dilate_net
+    at = [name.strip() for name in args.at.split(",") if name.strip()]
+    net = read_net(args.net)
+    if args.end:
+        from ..features import truncated_net
+        net = truncated_net(net, [args.end])
+    net = dilate_net(net, at)
+    weights = load_weights(args.weights)
+    names = {lp.name for lp in net.layer}
+    structure = type(net)(name=net.name)
+    structure.layer.extend(lp for lp in net.layer if lp.name in weights and len(weights[lp.name]))
+    kept = {lp.name: [np.asarray(a, np.float32) for a in weights[lp.name]] for lp in structure.layer}
+    missing = sorted(set(weights) - names)
+    write_net(args.out + ".prototxt", net)
+    write_caffemodel(args.out + ".caffemodel", structure, kept)
+    if missing:
+        print(f"not in the net, dropped: {', '.join(missing)}")
+    print(f"removed the stride of {', '.join(at)}; wrote {args.out}.prototxt and {args.out}.caffemodel")
+    return 0
+
+
 def run(args):
     from ..caffemodel import load_weights, write_caffemodel
+    if args.operation == "dilate":
+        return run_dilate(args)
     if args.operation == "transplant":
         graph = target_net(args.model, _parse_shapes(args.input_shape))
         weights, lines = transplant_into(graph, load_weights(args.weights), args.suffix, args.interp)
