@@ -48,6 +48,31 @@ def init_params(graph, seed=0):
     return params, state
 
 
+def assign_layer_blobs(graph, params, state, layer_blobs, where, convert=None):
+    """Write Caffe's per-layer blobs (``{layer: [array, ...]}``, as a caffemodel holds them:
+    the learned blobs a layer uses, in its ``param_keys`` order, then its statistics) into
+    the ``params``/``state`` trees (lists per layer, modified in place).  ``convert(array,
+    shape, what)`` may adapt each array to the blob's shape (default: use it as it is, and
+    require that shape); ``where`` names the source in errors."""
+    def as_is(array, shape, what):
+        if tuple(np.shape(array)) != tuple(shape):
+            raise NetspecError(f"{what} has shape {tuple(np.shape(array))}, the net's is {tuple(shape)}")
+        return array
+    convert = convert or as_is
+    for node in graph.nodes:
+        arrays = layer_blobs.get(node.name)
+        if not arrays:
+            continue
+        targets = [(params, graph.param_shapes, owner, i) for owner, i in node.param_keys]
+        targets += [(state, graph.state_shapes, node.name, i)
+                    for i in range(len(graph.state_shapes.get(node.name, ())))]
+        if len(arrays) != len(targets):
+            raise NetspecError(f'{where}: layer "{node.name}" has {len(arrays)} blobs there but {len(targets)} '
+                               'in the net; the weights do not fit this net')
+        for index, ((tree, shapes, key, i), array) in enumerate(zip(targets, arrays)):
+            tree[key][i] = convert(array, shapes[key][i], f'{where}: layer "{node.name}" blob {index}')
+
+
 def init_carried(graph):
     """Zeros for every carried value (``graph.carried_shapes``): a first pass's start."""
     return {name: [np.zeros(s, np.float32) for s in shapes]

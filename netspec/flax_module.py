@@ -67,22 +67,21 @@ def _input_names(net, phase, level, stages):
     return [t for lp in filter_layers(net, state) if lp.type == "Input" for t in lp.top]
 
 
+def _output_names(outputs, graph, who):
+    """The blobs a module returns: ``outputs`` (a name or names), default the net's outputs."""
+    names = [outputs] if isinstance(outputs, str) else list(outputs or graph.outputs)
+    unknown = [n for n in names if n not in graph.blob_shapes]
+    if unknown:
+        raise NetspecError(f"{who}: the net has no blob(s) {unknown}; outputs must name blobs "
+                           f"of the net (e.g. {', '.join(graph.outputs)})")
+    return tuple(names)
+
+
 def _load_weights(graph, params, state, path):
     """Copy a ``.caffemodel`` into the ``params``/``state`` trees by layer name (as ``Net.copy_from``)."""
     from .caffemodel import load_weights, match_blob_shape
-    weights = load_weights(path)
-    for node in graph.nodes:
-        arrays = weights.get(node.name)
-        if not arrays:
-            continue
-        targets = [(params, owner, i) for owner, i in node.param_keys]
-        targets += [(state, node.name, i) for i in range(len(state.get(node.name, [])))]
-        if len(arrays) != len(targets):
-            raise NetspecError(f'{path}: layer "{node.name}" has {len(arrays)} blobs in the file but '
-                               f'{len(targets)} in the net; the weights do not fit this net')
-        for index, ((tree, key, i), array) in enumerate(zip(targets, arrays)):
-            where = f'{path}: layer "{node.name}" blob {index}'
-            tree[key][i] = np.array(match_blob_shape(array, tree[key][i].shape, where), np.float32)
+    compiler.assign_layer_blobs(graph, params, state, load_weights(path), path,
+                                lambda a, shape, what: np.array(match_blob_shape(a, shape, what), np.float32))
 
 
 class CaffeModule(nn.Module):
@@ -134,7 +133,7 @@ class CaffeModule(nn.Module):
         stats = {name: self.variable("batch_stats", name, lambda name=name: initial()[1][name])
                  for name in graph.state_shapes}
         rng = self.make_rng("dropout") if train and self.has_rng("dropout") else None
-        wanted = self._output_names(graph)
+        wanted = _output_names(self.outputs, graph, "CaffeModule")
         blobs, _, new_state = compiler.forward(
             graph, params, {name: v.value for name, v in stats.items()}, inputs,
             train=train, rng=rng, keep=wanted, extents=extents)
@@ -145,13 +144,6 @@ class CaffeModule(nn.Module):
             return blobs[self.outputs]
         return blobs
 
-    def _output_names(self, graph):
-        names = [self.outputs] if isinstance(self.outputs, str) else list(self.outputs or graph.outputs)
-        unknown = [n for n in names if n not in graph.blob_shapes]
-        if unknown:
-            raise NetspecError(f"CaffeModule: the net has no blob(s) {unknown}; outputs must name blobs "
-                               f"of the net (e.g. {', '.join(graph.outputs)})")
-        return tuple(names)
 
     def _initial_values(self, graph):
         params, state = compiler.init_params(graph, self.seed)

@@ -44,7 +44,7 @@ from flax import nnx
 
 from . import compiler
 from .errors import NetspecError
-from .flax_module import _input_names, _load_weights, _net_param
+from .flax_module import _input_names, _load_weights, _net_param, _output_names
 from .graph import build_graph
 from .layers import TEST
 
@@ -116,14 +116,6 @@ class CaffeNNXModule(nnx.Module):
                                "pass a dict {blob: array}")
         return {self.input_names[0]: jnp.asarray(inputs, jnp.float32)}
 
-    def _output_names(self, graph):
-        names = [self.outputs] if isinstance(self.outputs, str) else list(self.outputs or graph.outputs)
-        unknown = [n for n in names if n not in graph.blob_shapes]
-        if unknown:
-            raise NetspecError(f"CaffeNNXModule: the net has no blob(s) {unknown}; outputs must name "
-                               f"blobs of the net (e.g. {', '.join(graph.outputs)})")
-        return tuple(names)
-
     def __call__(self, inputs, *, train=False, rngs=None, extents=None):
         """Run the net on ``inputs`` (an array for a one-input net, or ``{blob: array}``).
         ``train``: TRAIN computation (BatchNorm batch statistics, which also updates
@@ -142,7 +134,7 @@ class CaffeNNXModule(nnx.Module):
             if have != [tuple(s) for s in shapes]:
                 raise NetspecError(f'CaffeNNXModule: layer "{name}" needs blob shapes {shapes} for these '
                                    f"inputs but holds {have}; its parameter shapes depend on the input size")
-        wanted = self._output_names(graph)
+        wanted = _output_names(self.outputs, graph, "CaffeNNXModule")
         rng = _dropout_key(rngs) if train else None
         params = {name: [self.params[name][i][...] for i in range(len(shapes))]
                   for name, shapes in graph.param_shapes.items()}

@@ -179,30 +179,17 @@ def split_weights(flat):
 
 def trees_from_weights(graph, weights, where="weights"):
     """``(params, state)`` pytrees of ``netspec.compiler`` for ``graph`` from Caffe's
-    per-layer blobs ``{layer: [array, ...]}`` (as ``CaffeModule`` loads a caffemodel:
-    learned blobs through each layer's ``param_keys``, then its statistics).  The arrays
-    are used as they are (NumPy or traced)."""
+    per-layer blobs ``{layer: [array, ...]}`` (``compiler.assign_layer_blobs``).  The arrays
+    are used as they are (NumPy or traced); every blob must be given."""
+    from .. import compiler
     params = {name: [None] * len(shapes) for name, shapes in graph.param_shapes.items()}
     state = {name: [None] * len(shapes) for name, shapes in graph.state_shapes.items()}
-    for node in graph.nodes:
-        arrays = weights.get(node.name)
-        if not arrays:
-            continue
-        targets = [(params, owner, i) for owner, i in node.param_keys]
-        targets += [(state, node.name, i) for i in range(len(state.get(node.name, [])))]
-        if len(arrays) != len(targets):
-            raise NetspecError(f'{where}: layer "{node.name}" has {len(arrays)} blobs but the net '
-                               f'has {len(targets)}')
-        for (tree, key, i), array in zip(targets, arrays):
-            tree[key][i] = array
-    for tree, shapes in ((params, graph.param_shapes), (state, graph.state_shapes)):
+    compiler.assign_layer_blobs(graph, params, state, weights, where)
+    for tree in (params, state):
         for name, arrays in tree.items():
-            for i, (array, shape) in enumerate(zip(arrays, shapes[name])):
+            for i, array in enumerate(arrays):
                 if array is None:
                     raise NetspecError(f'{where}: no values for layer "{name}" blob {i}')
-                if tuple(array.shape) != tuple(shape):
-                    raise NetspecError(f'{where}: layer "{name}" blob {i} has shape {tuple(array.shape)}, '
-                                       f"the net's is {tuple(shape)}")
     return params, state
 
 
