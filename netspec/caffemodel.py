@@ -13,6 +13,31 @@ with the legacy num/channels/height/width fields come back 4-D;
 
 Read arrays are writable, aligned views into one buffer holding the file:
 keeping any of them alive keeps the whole file in memory.
+
+Files from Caffe's forks (SSD, PSPNet, SegNet, Faster R-CNN, R-FCN, YOLO ports,
+NVCaffe, ...) put their layers' parameters at LayerParameter field numbers that
+BVLC's schema reads as something else (PSPNet's interp_param 143 is BVLC's
+input_param, SegNet's upsample_param 137 is embed_param, ...), and no one schema
+decodes them all.  So, as TensorRT and OpenCV do, a layer's parameters are taken
+from the text prototxt, and the binary is trusted only for what weights need:
+
+* A V2 layer whose ``type`` is one of BVLC Caffe's (or netspec's own Pair*
+  types) is parsed whole, as before: BVLC files read exactly as they always did.
+* A V2 layer of any other type (a fork's) keeps only the fields every Caffe
+  numbers alike -- name, type, bottom, top, loss_weight, param, include,
+  exclude, phase, propagate_down -- and its blobs; its ``*_param`` fields are
+  dropped, whatever their numbers.
+* A layer (V2 or V1) whose remaining bytes still do not parse with netspec's
+  schema (e.g. a BVLC type carrying a fork's field at a colliding number with a
+  different wire type) falls back to its name and type (V1: name, type,
+  bottom, top) and its blobs.
+
+Writing never puts a fork's parameters at a number BVLC reads as something
+else: netspec's schema holds fork parameters only at the private
+LayerParameter numbers 3500-3599 (``norm_param`` 3500 ... ``reorg_param``
+3511; BVLC and the forks use none of them and read them as unknown fields), and
+``write_caffemodel`` drops unknown fields (e.g. ones kept from a parsed file)
+from every message it writes.
 """
 import mmap
 import os
@@ -50,35 +75,107 @@ def read_caffemodel(path):
     """Read a binary ``.caffemodel``: return ``(net_param, weights)``.
 
     ``net_param`` is a ``caffe_pb2.NetParameter`` holding the layers' structure
-    without blob data (V1 ``layers`` stay V1); ``weights`` maps each layer's
-    name to its list of float32 arrays, in file order."""
+    without blob data (V1 ``layers`` stay V1; layers of types BVLC does not know
+    keep only their general fields, see the module docstring); ``weights`` maps
+    each layer's name to its list of float32 arrays, in file order."""
     buffer = _read_bytes(path)
     decoder = wire.BlobDecoder(buffer)
-    structure = bytearray()
+    pieces = []        # bytes of top-level non-layer fields, or (field number, layer body)
     layer_blobs = []   # (field number, blobs) per layer, in file order
     try:
         for field in wire.iter_fields(decoder.view, 0, len(buffer)):
             if field.number == NET_LAYER:
                 wire.expect_length_delimited(field, "layer")
                 body, blobs = _split_message(decoder, field.value, LAYER_BLOBS)
+                if _wire_type_name(body) not in BVLC_LAYER_TYPES:
+                    body = _keep_fields(body, _GENERAL_LAYER_FIELDS)
             elif field.number == NET_LAYERS_V1:
                 wire.expect_length_delimited(field, "layers")
                 body, blobs = _split_message(decoder, field.value, V1_BLOBS, nested=V1_LAYER_V0)
             else:
-                structure += decoder.view[field.start:field.end]
+                pieces.append(bytes(decoder.view[field.start:field.end]))
                 continue
-            structure += wire.length_header(field.number, len(body)) + body
+            pieces.append((field.number, body))
             layer_blobs.append((field.number, blobs))
     except wire.WireError as e:
         raise _invalid(path, "caffemodel", e, buffer) from None
     try:
-        net = caffe_pb2.NetParameter.FromString(bytes(structure))
-    except DecodeError as e:
-        raise _invalid(path, "caffemodel", f"does not parse as caffe.NetParameter: {e}", buffer) from None
+        net = caffe_pb2.NetParameter.FromString(_join_structure(pieces))
+    except DecodeError:
+        try:   # some layer does not parse: cut each such layer down to name and type
+            net = caffe_pb2.NetParameter.FromString(_join_structure(pieces, check_layers=True))
+        except (DecodeError, wire.WireError) as e:
+            raise _invalid(path, "caffemodel", f"does not parse as caffe.NetParameter: {e}", buffer) from None
     try:
         return net, _name_weights(net, layer_blobs)
     except _BlobError as e:
         raise NetspecError(f"{path}: {e}") from None
+
+
+# Layer types whose LayerParameter fields netspec's schema decodes as the writer meant:
+# BVLC Caffe's types (master and older registered names) and netspec's own extensions.
+BVLC_LAYER_TYPES = frozenset("""
+    AbsVal Accuracy ArgMax BatchNorm BatchReindex Bias BNLL Clip Concat ContrastiveLoss
+    Convolution Crop Data Deconvolution Dropout DummyData Eltwise ELU Embed EuclideanLoss
+    Exp Filter Flatten HDF5Data HDF5Output HingeLoss Im2col ImageData InfogainLoss
+    InnerProduct Input Log LRN LSTM LSTMUnit MemoryData MultinomialLogisticLoss MVN
+    Parameter Pooling Power PReLU Python Recurrent Reduction ReLU Reshape RNN Scale
+    Sigmoid SigmoidCrossEntropyLoss Silence Slice Softmax SoftmaxWithLoss Split SPP Swish
+    TanH Threshold Tile WindowData
+    PairCompose PairRegionLoss PairTranspose
+""".split())
+
+# LayerParameter fields numbered alike in BVLC and every fork, with their wire types:
+# name 1, type 2, bottom 3, top 4, loss_weight 5, param 6, include 8, exclude 9,
+# phase 10, propagate_down 11 (blobs 7 are cut out before).
+_L, _V, _F32 = wire.LENGTH, wire.VARINT, wire.FIXED32
+_GENERAL_LAYER_FIELDS = {1: {_L}, 2: {_L}, 3: {_L}, 4: {_L}, 5: {_F32, _L}, 6: {_L},
+                         8: {_L}, 9: {_L}, 10: {_V}, 11: {_V, _L}}
+_NAME_TYPE_FIELDS = {1: {_L}, 2: {_L}}
+# V1LayerParameter: bottom 2, top 3, name 4, type 5 (an enum).
+_V1_NAME_TYPE_FIELDS = {2: {_L}, 3: {_L}, 4: {_L}, 5: {_V}}
+
+
+def _wire_type_name(body):
+    """The ``type`` string (field 2, last occurrence wins) of a LayerParameter's bytes."""
+    type_name = ""
+    for field in wire.iter_fields(body, 0, len(body)):
+        if field.number == 2 and field.wire_type == wire.LENGTH:
+            type_name = bytes(body[field.value[0]:field.value[1]]).decode("utf-8", "replace")
+    return type_name
+
+
+def _keep_fields(body, allowed):
+    """``body`` (a message's bytes) with only the fields ``allowed`` maps to their wire type."""
+    kept = bytearray()
+    for field in wire.iter_fields(body, 0, len(body)):
+        if field.wire_type in allowed.get(field.number, ()):
+            kept += body[field.start:field.end]
+    return bytes(kept)
+
+
+def _join_structure(pieces, check_layers=False):
+    """The NetParameter bytes of ``pieces``; with ``check_layers``, each layer that does
+    not parse alone is cut down to its name and type."""
+    out = bytearray()
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            out += piece
+            continue
+        number, body = piece
+        if check_layers:
+            body = _parseable_layer(number, body)
+        out += wire.length_header(number, len(body)) + body
+    return bytes(out)
+
+
+def _parseable_layer(number, body):
+    message = caffe_pb2.LayerParameter if number == NET_LAYER else caffe_pb2.V1LayerParameter
+    try:
+        message.FromString(body)
+        return body
+    except DecodeError:
+        return _keep_fields(body, _NAME_TYPE_FIELDS if number == NET_LAYER else _V1_NAME_TYPE_FIELDS)
 
 
 def load_weights(path):
@@ -243,6 +340,7 @@ def _caffemodel_pieces(net_param, weights):
     top.CopyFrom(net_param)
     top.ClearField("layer")
     top.ClearField("layers")
+    top.DiscardUnknownFields()
     yield top.SerializeToString()
     for layer in net_param.layers:
         yield from _layer_pieces(NET_LAYERS_V1, layer, V1_BLOBS, weights.get(layer.name or layer.layer.name, []))
@@ -258,14 +356,15 @@ def _layer_pieces(number, layer, blobs_field, arrays):
 
 
 def _serialize_without_blobs(layer):
+    """The layer's bytes without blobs and without unknown fields (which could be a
+    fork's parameters at numbers BVLC reads as something else)."""
     nested_blobs = isinstance(layer, caffe_pb2.V1LayerParameter) and len(layer.layer.blobs)
-    if not len(layer.blobs) and not nested_blobs:
-        return layer.SerializeToString()
     stripped = type(layer)()
     stripped.CopyFrom(layer)
     stripped.ClearField("blobs")
     if nested_blobs:
         stripped.layer.ClearField("blobs")
+    stripped.DiscardUnknownFields()
     return stripped.SerializeToString()
 
 

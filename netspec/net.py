@@ -197,6 +197,7 @@ class Net:
             blobs += [Blob(data=a) for a in state.get(node.name, [])]
             self._layer_blobs[node.name] = blobs
         self._state_names = set(state)
+        self._num_learned = {node.name: len(node.param_keys) for node in self._graph.nodes}
 
     # -- pycaffe attributes ---------------------------------------------------
     @property
@@ -278,12 +279,14 @@ class Net:
         """``{owner_layer: [Blob, ...]}`` of the learned blobs each layer owns."""
         tree = {}
         for node in self._graph.nodes:
-            if node.name in self._state_names:
-                continue
             for (owner, i), blob in zip(node.param_keys, self._layer_blobs[node.name]):
                 if owner == node.name:
                     tree.setdefault(owner, []).append(blob)
         return tree
+
+    def _stored_blobs(self, name):
+        """A layer's stored state blobs: its blobs after the learned ones (Caffe's order)."""
+        return self._layer_blobs[name][self._num_learned.get(name, 0):]
 
     def param_tree(self):
         """Learned blobs as ``{owner_layer: [array, ...]}`` (Caffe shapes), for the pure API:
@@ -294,7 +297,7 @@ class Net:
         """Layer state as the pure API's ``state`` (``netspec.compiler``): the stored blobs
         (BatchNorm statistics) followed, per recurrent layer, by the values it carries into
         its next pass."""
-        stored = {name: [b.value() for b in self._layer_blobs[name]] for name in self._state_names}
+        stored = {name: [b.value() for b in self._stored_blobs(name)] for name in self._state_names}
         return compiler.join_state(self._graph, stored, self._carried)
 
     def carried_tree(self):
@@ -312,7 +315,7 @@ class Net:
         if train:
             for name, arrays in stored.items():
                 if name in self._state_names:
-                    for blob, a in zip(self._layer_blobs[name], arrays):
+                    for blob, a in zip(self._stored_blobs(name), arrays):
                         blob.set_device(a)
         self._carried.update(carried)
 
@@ -330,7 +333,7 @@ class Net:
                 values.append(value)
             return values
         params = {owner: upload(blobs) for owner, blobs in self._param_blobs().items()}
-        state = {name: upload(self._layer_blobs[name]) for name in self._state_names}
+        state = {name: upload(self._stored_blobs(name)) for name in self._state_names}
         state = compiler.join_state(graph or self._graph, state,
                                     self._carried if carried is None else carried)
         return params, state
@@ -343,7 +346,7 @@ class Net:
                 self._set_value(blob, value)
         stored, carried = compiler.split_state(self._graph, state or {})
         for name, arrays in stored.items():
-            for blob, value in zip(self._layer_blobs[name], arrays):
+            for blob, value in zip(self._stored_blobs(name), arrays):
                 self._set_value(blob, value)
         self._carried.update(carried)
 
@@ -624,8 +627,9 @@ class Net:
             for key, lr in zip(node.param_keys, node.lr_mults):
                 if lr != 0 or graph.force_backward:
                     learned.add(key)
+        owned = self._param_blobs()
         for owner, i in sorted(learned):
-            self._layer_blobs[owner][i].accumulate_diff(param_grads[owner][i])
+            owned[owner][i].accumulate_diff(param_grads[owner][i])
         for name, diff in list(written_diffs.items()) + list(read_diffs.items()):
             if graph.blob_need_backward.get(name) or graph.force_backward:
                 self.blobs[name].set_diff_device(diff)
