@@ -20,6 +20,7 @@ pass to the next, as Caffe's do: the net keeps these values between passes (zero
 first and after a reshape to another batch size), never as blobs of ``net.params``,
 ``weights()`` or ``save``.
 """
+import os
 from collections import OrderedDict
 
 import jax
@@ -82,7 +83,6 @@ class Net:
         self.phase, self._level, self._stages = phase, level, tuple(stages)
         self._python_path = tuple(python_path)
         if self._source != "<NetParameter>":   # a Python layer module may sit beside its prototxt
-            import os
             self._python_path += (os.path.dirname(os.path.abspath(self._source)),)
         self._python_objects = {}       # layer name -> user object, kept across reshapes
         self._prefetch = prefetch
@@ -103,6 +103,7 @@ class Net:
         self._ranges = {}               # (graph, first, last) -> netspec.layer_range.LayerRange
         self._graph, self._filter_counts = None, {}
         self._set_up_host_data_layers()
+        self._filters = self._find_filters()
         self._graph = self._build(self._declared_input_shapes())
         self._create_blobs(self._graph)
         self._set_loss_diffs()
@@ -147,25 +148,32 @@ class Net:
             obj = self._python_objects[node.name] = load_python_layer(node.lp, phase, self._python_path)
         return HostPythonLayer(node.lp, bottom_shapes, phase, obj)
 
-    def _count_filtered(self, input_shapes):
-        """How many items each Filter layer passes: its top's batch size depends on its
-        selector's values, known before a pass only when the selector is fed from the host
-        (a data layer or an Input).  The first build passes them all, as Caffe's first Reshape."""
-        counts, fed = {}, set(input_shapes)
+    def _find_filters(self):
+        """``[(Filter layer, its selector blob)]`` for the Filter layers whose selector is
+        fed from the host (a data layer or an Input): their top batch sizes depend on the
+        selector's values, known before a pass only then."""
+        filters, fed = [], {t for _, _, tops in self._host_data.layers for t in tops}
         for lp in filter_layers(self._net_param, self._state()):
             if lp.type == "Input":
                 fed.update(lp.top)
             if lp.type == "Filter" and lp.bottom and lp.bottom[-1] in fed:
-                selector = lp.bottom[-1]
-                if self._graph is None:
-                    counts[lp.name] = "all"
-                else:
-                    counts[lp.name] = int(np.count_nonzero(self.blobs[selector].data.reshape(
-                        self.blobs[selector].shape[0], -1)[:, 0]))
+                filters.append((lp.name, lp.bottom[-1]))
+        return filters
+
+    def _count_filtered(self):
+        """How many items each Filter layer passes this pass; the first build passes them
+        all, as Caffe's first Reshape."""
+        counts = {}
+        for name, selector in self._filters:
+            if self._graph is None:
+                counts[name] = "all"
+            else:
+                counts[name] = int(np.count_nonzero(self.blobs[selector].data.reshape(
+                    self.blobs[selector].shape[0], -1)[:, 0]))
         return counts
 
     def _build(self, input_shapes):
-        self._filter_counts = self._count_filtered(input_shapes)
+        self._filter_counts = self._count_filtered()
         key = tuple(sorted(input_shapes.items())) + tuple(sorted(self._filter_counts.items()))
         if key not in self._graphs:
             self._graphs[key] = build_graph(
@@ -259,7 +267,6 @@ class Net:
         """What messages call the net: its name, else its prototxt file's name."""
         if self._net_param.name or self._source == "<NetParameter>":
             return self._net_param.name
-        import os
         return os.path.basename(self._source)
 
     def graph_for(self, input_shapes):
@@ -361,10 +368,7 @@ class Net:
         ``inputs`` (host arrays), the blobs in ``values`` (device arrays of ``plan``'s
         shapes) their values cut to the exact shapes.  Other blobs keep what they held."""
         for name, value in inputs.items():
-            blob = self.blobs[name]
-            if blob.shape != value.shape:
-                blob.reshape(*value.shape)
-            blob.data[...] = value
+            self._feed(name, value)
         self.reshape()
         for name, value in values.items():
             self.blobs[name].set_device(value, plan.exact.blob_shapes[name])
@@ -422,10 +426,7 @@ class Net:
         depend on them."""
         if self._filter_counts:
             for name, value in inputs.items():
-                blob = self.blobs[name]
-                if blob.shape != value.shape:
-                    blob.reshape(*value.shape)
-                blob.data[...] = value
+                self._feed(name, value)
         return self._plan_for_shapes({name: value.shape for name, value in inputs.items()})
 
     def plan(self):
@@ -446,10 +447,14 @@ class Net:
         if self._prefetch:
             self._host_data.start()
         for name, value in self._host_data.next().items():
-            blob = self.blobs[name]
-            if blob.shape != value.shape:
-                blob.reshape(*value.shape)
-            blob.data[...] = value
+            self._feed(name, value)
+
+    def _feed(self, name, value):
+        """Host values into input blob ``name``, reshaping it to their shape if needed."""
+        blob = self.blobs[name]
+        if blob.shape != value.shape:
+            blob.reshape(*value.shape)
+        blob.data[...] = value
 
     def set_input_arrays(self, data, labels):
         """Feed the net's MemoryData layer from arrays (pycaffe's ``net.set_input_arrays``):
@@ -482,18 +487,21 @@ class Net:
             if name not in self.blobs or name not in self._graph.inputs:
                 raise NetspecError(f'forward(): "{name}" is not an input of the net (inputs: '
                                    f'{", ".join(self._graph.inputs)})')
-            value = np.asarray(value, np.float32)
-            if self.blobs[name].shape != value.shape:
-                self.blobs[name].reshape(*value.shape)
-            self.blobs[name].data[...] = value
+            self._feed(name, np.asarray(value, np.float32))
         if start is None:
             self._run_host_data_layers()
         self.reshape()
         if start is not None or end is not None:
             self._forward_range(start, end)
-            outs = list(self.top_names[end]) if end is not None else self.outputs
-            outs += [b for b in (blobs or []) if b not in outs]
-            return {name: self.blobs[name].data for name in outs}
+        else:
+            self._forward_whole()
+        outs = list(self.top_names[end]) if end is not None else self.outputs
+        outs += [b for b in (blobs or []) if b not in outs]
+        return {name: self.blobs[name].data for name in outs}
+
+    def _forward_whole(self):
+        """Every layer, in the bucket of the current input shapes; keeps the VJP when a
+        backward() is expected."""
         plan = self._plan = self.plan()
         self._last_rng = self._next_rng()
         params, state = self._device_trees(plan.graph)
@@ -510,9 +518,6 @@ class Net:
             if name not in plan.graph.inputs or name in rewritten:
                 self.blobs[name].set_device(value, plan.exact.blob_shapes[name])
         self._take_state(plan.graph, new_state, train)
-        outs = list(self.top_names[end]) if end is not None else self.outputs
-        outs += [b for b in (blobs or []) if b not in outs]
-        return {name: self.blobs[name].data for name in outs}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Back-propagate from the loss (and from top diffs given as keywords, ``net.backward(prob=d)``).

@@ -111,7 +111,6 @@ class HostDataLayers:
             self._pending.append(self._pending_tail)
             self._pending_tail = None
 
-
     def restart(self):
         """Stop the thread and drop the batches it produced ahead (the data source changed:
         ``net.set_input_arrays``); later batches come from the layers' new state."""

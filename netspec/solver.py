@@ -507,7 +507,6 @@ class Solver:
                                    f"type need {self._history_sets() * position // (s + 1)}")
         self._opt_state = optim.history_from_caffe(self._opt_state, self._order, keep, name=path)
         self._opt_state = optim.set_iteration(self._opt_state, self.iter)
-        self.net.clear_param_diffs()    # Caffe's ClearParamDiffs (the diffs may hold the history, donated below)
 
     # -- signals --------------------------------------------------------------
     sigint_effect = "stop"

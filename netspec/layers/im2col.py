@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .base import Layer, register
-from .vision import _per_axis
+from .vision import conv_geometry
 
 
 @register("Im2col")
@@ -30,14 +30,7 @@ class Im2col(Layer):
         if n < 1:
             raise self.error(f"needs at least one spatial axis after axis {self.axis}; bottom "
                              f"shape is {shape}")
-        self.kernel = _per_axis(self, cp, "kernel_size", n, None)
-        self.stride = _per_axis(self, cp, "stride", n, 1)
-        self.pad = _per_axis(self, cp, "pad", n, 0)
-        self.dilation = _per_axis(self, cp, "dilation", n, 1)
-        for name, values, low in (("kernel_size", self.kernel, 1), ("stride", self.stride, 1),
-                                  ("dilation", self.dilation, 1), ("pad", self.pad, 0)):
-            if min(values) < low:
-                raise self.error(f"{name} must be >= {low}, got {values}")
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, cp, n)
         self.in_spatial = list(shape[self.axis + 1:])
         self.out_spatial = []
         for size, k, s, p, d in zip(self.in_spatial, self.kernel, self.stride, self.pad,

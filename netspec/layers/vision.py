@@ -28,6 +28,20 @@ def _shape_str(shape):
 # Convolution and Deconvolution
 # ---------------------------------------------------------------------------
 
+def conv_geometry(layer, cp, num_spatial):
+    """``(kernel, stride, pad, dilation)`` of a ``convolution_param``, one value per spatial
+    axis each, checked (kernel, stride, dilation >= 1, pad >= 0)."""
+    kernel = _per_axis(layer, cp, "kernel_size", num_spatial, None)
+    stride = _per_axis(layer, cp, "stride", num_spatial, 1)
+    pad = _per_axis(layer, cp, "pad", num_spatial, 0)
+    dilation = _per_axis(layer, cp, "dilation", num_spatial, 1)
+    for name, values, low in (("kernel_size", kernel, 1), ("stride", stride, 1),
+                              ("dilation", dilation, 1), ("pad", pad, 0)):
+        if min(values) < low:
+            raise layer.error(f"{name} must be >= {low}, got {values}")
+    return kernel, stride, pad, dilation
+
+
 def _per_axis(layer, param, field, num_spatial, default):
     """A repeated conv field (pad/kernel_size/stride/dilation) or its _h/_w pair, one per spatial axis."""
     values = list(getattr(param, field))
@@ -77,14 +91,7 @@ class _ConvolutionBase(Layer):
             raise self.error(f"needs at least one spatial axis after axis {self.axis}; bottom "
                              f"shape is {_shape_str(shape)}")
         n = self.num_spatial
-        self.kernel = _per_axis(self, cp, "kernel_size", n, None)
-        self.stride = _per_axis(self, cp, "stride", n, 1)
-        self.pad = _per_axis(self, cp, "pad", n, 0)
-        self.dilation = _per_axis(self, cp, "dilation", n, 1)
-        for name, values, low in (("kernel_size", self.kernel, 1), ("stride", self.stride, 1),
-                                  ("dilation", self.dilation, 1), ("pad", self.pad, 0)):
-            if min(values) < low:
-                raise self.error(f"{name} must be >= {low}, got {values}")
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, cp, n)
         self.channels = shape[self.axis]
         self.num_output = int(cp.num_output)
         self.group = int(cp.group)
