@@ -68,8 +68,8 @@ class SegDataLayer(Layer):
     """Shared logic of the segmentation data layers: param_str, the index order, reshape/forward.
 
     A subclass sets ``dir_keys`` (required directory keys), ``extra_keys`` (other
-    accepted keys), ``configure(params)``, ``split_path()``, ``top_names()`` and
-    ``load(top_name, image_id)``.
+    accepted keys), ``configure(params)``, ``split_path()`` (or ``image_ids()``),
+    ``top_names()`` and ``load(top_name, image_id)``.
     """
 
     dir_keys = ()
@@ -119,11 +119,15 @@ class SegDataLayer(Layer):
         if len(top) != len(self.top_names()):
             raise NetspecError(f"{self._who}: needs {len(self.top_names())} tops "
                                f"({', '.join(self.top_names())}), the prototxt gives {len(top)}")
-        self.indices = read_ids(self.split_path(), self._who)
+        self.indices = self.image_ids()
         self.random = bool(params.get("randomize", True)) and "train" in self.split
         self.rng = random.Random(params.get("seed", DEFAULT_SEED))
         self.idx = self.pick_first()
         self.loaded = {}
+
+    def image_ids(self):
+        """The split's image ids, in order (default: the lines of ``split_path()``)."""
+        return read_ids(self.split_path(), self._who)
 
     def pick_first(self):
         return self.rng.randint(0, len(self.indices) - 1) if self.random else 0

@@ -29,12 +29,11 @@ segmentation that does not parse.
 """
 import json
 import os
-import random
 import warnings
 
 import numpy as np
 
-from netspec.data import DEFAULT_SEED, VOC_MEAN_BGR, SegDataLayer, load_bgr_image, require_file
+from netspec.data import VOC_MEAN_BGR, SegDataLayer, load_bgr_image, require_file
 from netspec.errors import NetspecError
 
 VOID = 255
@@ -203,20 +202,10 @@ class COCOInstanceDataLayer(SegDataLayer):
     def top_names(self):
         return ("data", "instances")
 
-    def setup(self, bottom, top):
-        params = self.parse_params()
-        self.split = str(params["split"])
-        self.configure(params)
-        if len(bottom) != 0:
-            raise NetspecError(f"{self._who}: a data layer takes no bottom; remove its bottoms")
-        if len(top) != 2:
-            raise NetspecError(f"{self._who}: needs 2 tops (data, instances), the prototxt gives {len(top)}")
+    def image_ids(self):
+        """The ids of the annotation file's ``images``, in its order."""
         self.coco = COCOInstances(self.annotations_path, self.image_dir, self._who)
-        self.indices = [entry["id"] for entry in self.coco.images]
-        self.random = bool(params.get("randomize", True)) and "train" in self.split
-        self.rng = random.Random(params.get("seed", DEFAULT_SEED))
-        self.idx = self.pick_first()
-        self.loaded = {}
+        return [entry["id"] for entry in self.coco.images]
 
     def load(self, top_name, image_id):
         entry = self.coco.by_id[image_id]
