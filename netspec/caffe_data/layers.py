@@ -63,6 +63,42 @@ class HostDataLayer:
         raise NotImplementedError
 
 
+class ItemDataLayer(HostDataLayer):
+    """A data layer whose batches are items passed one by one through ``transform_param``
+    (Data, ImageData): a subclass gives ``next_item()`` and ``advance()``."""
+
+    def top_shapes(self):
+        """Data shaped by the current item, as Caffe's DataLayerSetUp; labels (batch_size,)."""
+        array, _, where = self.next_item()
+        shape = (self.batch_size,) + self.transformer.infer_shape(array.shape, where)
+        return [shape, (self.batch_size,)][:len(self.lp.top)]
+
+    def load_batch(self):
+        """``[data, labels]`` for ``batch_size`` items, each ``(array, label, where)`` from the
+        subclass's ``next_item()`` and passed through ``transform_param``, then ``advance()``;
+        the batch takes its item shape from its first item (Caffe's DataLayer and
+        ImageDataLayer ``load_batch``)."""
+        labels = np.zeros(self.batch_size, np.float32)
+        data = item_shape = None
+        for i in range(self.batch_size):
+            array, label, where = self.next_item()
+            if i == 0:
+                item_shape = self.transformer.infer_shape(array.shape, where)
+                data = np.empty((self.batch_size,) + item_shape, np.float32)
+            self.transformer.transform(array, where, out=data[i], expected=item_shape)
+            labels[i] = label
+            self.advance()
+        return [data, labels][:len(self.lp.top)]
+
+    def next_item(self):
+        """The current item: ``(array (C, H, W), label, where)`` (``where`` names it in errors)."""
+        raise NotImplementedError
+
+    def advance(self):
+        """Move on to the next item (wrapping around, reshuffling, ...)."""
+        raise NotImplementedError
+
+
 def _batch_size(value, who):
     if value <= 0:
         raise NetspecError(f"{who}: batch_size must be positive, got {value}")
@@ -71,7 +107,7 @@ def _batch_size(value, who):
 
 # --------------------------------------------------------------------------- Data
 
-class DataLayer(HostDataLayer):
+class DataLayer(ItemDataLayer):
     """``Data``: Datums from LMDB or LevelDB in key order, wrapping at the end.  Caffe at
     HEAD ignores ``rand_skip`` and ``prefetch`` for this layer; so does this."""
 
@@ -93,28 +129,17 @@ class DataLayer(HostDataLayer):
         t = self.transformer
         return datum, datum_io.datum_array(datum, where, t.force_color, t.force_gray), where
 
-    def top_shapes(self):
-        _, array, where = self._item()
-        shape = (self.batch_size,) + self.transformer.infer_shape(array.shape, where)
-        return [shape, (self.batch_size,)][:len(self.lp.top)]
+    def next_item(self):
+        datum, array, where = self._item()
+        return array, datum.label, where
 
-    def load_batch(self):
-        data = labels = item_shape = None
-        labels = np.zeros(self.batch_size, np.float32)
-        for i in range(self.batch_size):
-            datum, array, where = self._item()
-            if i == 0:
-                item_shape = self.transformer.infer_shape(array.shape, where)
-                data = np.empty((self.batch_size,) + item_shape, np.float32)
-            self.transformer.transform(array, where, out=data[i], expected=item_shape)
-            labels[i] = datum.label
-            self.reader.next()
-        return [data, labels][:len(self.lp.top)]
+    def advance(self):
+        self.reader.next()
 
 
 # --------------------------------------------------------------------------- ImageData
 
-class ImageDataLayer(HostDataLayer):
+class ImageDataLayer(ItemDataLayer):
     """``ImageData``: images named by a "path label" list (root_folder + path), read with
     OpenCV (colour BGR or grey), optionally resized; shuffled at start and each epoch."""
 
@@ -157,26 +182,15 @@ class ImageDataLayer(HostDataLayer):
                                "(missing or not an image); fix the list or root_folder")
         return image.transpose(2, 0, 1), label, f"{path} ({self.source}:{number})"
 
-    def top_shapes(self):
-        chw, _, where = self._image()
-        return [(self.batch_size,) + self.transformer.infer_shape(chw.shape, where), (self.batch_size,)]
+    def next_item(self):
+        return self._image()
 
-    def load_batch(self):
-        labels = np.zeros(self.batch_size, np.float32)
-        data = item_shape = None
-        for i in range(self.batch_size):
-            chw, label, where = self._image()
-            if i == 0:
-                item_shape = self.transformer.infer_shape(chw.shape, where)
-                data = np.empty((self.batch_size,) + item_shape, np.float32)
-            self.transformer.transform(chw, where, out=data[i], expected=item_shape)
-            labels[i] = label
-            self.line_id += 1
-            if self.line_id >= len(self.lines):
-                self.line_id = 0
-                if self.shuffle:
-                    self._shuffle()
-        return [data, labels]
+    def advance(self):
+        self.line_id += 1
+        if self.line_id >= len(self.lines):
+            self.line_id = 0
+            if self.shuffle:
+                self._shuffle()
 
 
 # --------------------------------------------------------------------------- HDF5Data
