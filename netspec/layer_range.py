@@ -43,7 +43,7 @@ class LayerRange:
         if not 0 <= first <= last < len(graph.nodes):
             raise NetspecError(f"layer range {first}..{last} is empty or outside the net's "
                                f"{len(graph.nodes)} layers (start must come before end)")
-        self.full, self.first, self.last = graph, first, last
+        self.first, self.last = first, last
         nodes = graph.nodes[first:last + 1]
         produced, reads, writes = set(), [], []
         for node in nodes:
@@ -56,8 +56,9 @@ class LayerRange:
                 produced.add(t)
                 if t not in writes:
                     writes.append(t)
+        input_tops = {t for n in nodes if n.is_input for t in n.tops}
         self.reads = reads               # blobs fed from the net's current values
-        self.writes = [t for t in writes if t not in self._input_tops(nodes)]
+        self.writes = [t for t in writes if t not in input_tops]
         # blobs whose diff comes from outside the range: written here, read by no later layer here
         self.exposed = []
         for i, node in enumerate(nodes):
@@ -67,18 +68,11 @@ class LayerRange:
                 if not any(t in later.bottoms for later in nodes[i + 1:]):
                     self.exposed.append(t)
         feeds = [Node(name=f"(range input {b})", type="Input", lp=None, bottoms=[], tops=[b],
-                      loss_weights=[0.0], is_input=True) for b in reads if not self._is_input_top(nodes, b)]
-        kept = feeds + [n for n in nodes]
+                      loss_weights=[0.0], is_input=True) for b in reads if b not in input_tops]
+        kept = feeds + list(nodes)
         shapes = {b: graph.blob_shapes[b] for b in reads + writes}
         self.graph = replace(graph, nodes=kept, blob_shapes=shapes, inputs=list(reads),
                              outputs=list(self.exposed))
-
-    @staticmethod
-    def _input_tops(nodes):
-        return {t for n in nodes if n.is_input for t in n.tops}
-
-    def _is_input_top(self, nodes, name):
-        return name in self._input_tops(nodes)
 
     @property
     def probed(self):
