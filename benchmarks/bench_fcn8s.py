@@ -12,12 +12,15 @@ as plain XLA convolutions ("xla"); see --conv-grad.  Everything is compiled firs
 then the timed calls take turns (netspec, PyTorch, netspec, ...) so that on a shared
 machine every implementation sees the same load.
 
---precision (GPU): matmul/convolution precision of the float32 rows.  "highest" is
-full float32 (netspec's default; PyTorch with TF32 off, row "fp32"), "tensorfloat32"
-lets both use TF32 tensor cores (PyTorch's cuDNN default; row "tf32").  On CPU both
-compute in float32, so only the default is worth running there.
+--precision: matmul/convolution precision of the float32 rows.  "highest" is full
+float32 (netspec's default, ``--precision fp32``; PyTorch with TF32 off, row "fp32"),
+"tensorfloat32" (``--precision tf32``) lets both use TF32 tensor cores on a GPU
+(PyTorch's cuDNN default; row "tf32").  On a CPU, netspec's tf32 computes 3x3
+convolutions as Winograd F(4x4,3x3) (about 2e-5 relative; fp32 uses F(2x2,3x3), as
+exact as a direct convolution) while PyTorch's CPU convolutions are the same in both.
 
   python benchmarks/bench_fcn8s.py                          # CPU, fp32, 3 runs
+  python benchmarks/bench_fcn8s.py --parts step --runs 5 --precision highest,tensorfloat32
   python benchmarks/bench_fcn8s.py --device gpu --dtype fp32,bf16 \
       --precision highest,tensorfloat32 --runs 20 --json gpu.json
 """
@@ -531,7 +534,8 @@ def main(argv=None):
         if name not in PRECISIONS:
             ap.error(f"--precision {name}: use highest or tensorfloat32")
     if not on_gpu and "tensorfloat32" in precisions:
-        print("note: TF32 exists only on GPUs; on CPU every row computes in float32")
+        print("note: on a CPU, netspec's tf32 rows use Winograd F(4x4,3x3) convolutions "
+              "(float32 data, ~2e-5 relative); PyTorch's CPU rows are plain float32")
 
     parts = set(args.parts.split(","))
     info = machine_info(device)

@@ -9,9 +9,10 @@ def add_execution_arguments(p):
                         "multiple of N), a list of side sizes (256,384,512), or off (exact shapes, "
                         "one compile per size); results are exact either way")
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
-                   help="fp32 (default: float32 as Caffe computes), tf32 (float32 with TF32 "
-                        "tensor-core matmuls on GPUs), bf16 (bfloat16 compute; float32 master "
-                        "weights, solver history, loss and statistics)")
+                   help="fp32 (default: float32 as Caffe computes), tf32 (float32 traded for "
+                        "speed: TF32 tensor-core matmuls on GPUs, Winograd F(4x4,3x3) "
+                        "convolutions on CPUs, ~2e-5 relative), bf16 (bfloat16 compute; float32 "
+                        "master weights, solver history, loss and statistics)")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not keep compiled executables across runs (default: keep them in "
                         "$NETSPEC_CACHE_DIR or $XDG_CACHE_HOME/netspec)")

@@ -14,6 +14,9 @@ backward: XLA's CPU convolution is slow there, and the GEMM reads the kernel in
 Caffe's (O, C, KH, KW) order, so the (KH, KW, C, O) transpose the caller made is
 undone (XLA cancels the two transposes) rather than paid for on every call.
 
+3x3 stride-1 convolutions with enough channels run as Winograd convolutions instead
+(``netspec.layers.winograd``; ``winograd_tile`` says when), forward and backward.
+
 Layout: activations (N, H, W, C), kernels (KH, KW, C, O), one group.  Anything else
 goes through ``conv_general_dilated`` unchanged to ``lax.conv_general_dilated``.
 """
@@ -22,6 +25,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from . import winograd
 
 NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                      out_spec=(0, 3, 1, 2))
@@ -232,6 +237,43 @@ def _patches_fit_kernel(x, kernel, strides, padding, dilation):
     return kh * kw == 1 or x.shape[0] * out[0] * out[1] <= o
 
 
+# When Winograd pays on the CPU, measured (forward + both gradients, against the direct
+# path above, 2-core EPYC): F(2x2,3x3) takes 0.55-0.82x the time on maps with 128-512
+# channels and at least 32 tiles (FCN-8s's conv2_2-conv5, ResNet's 14x14 stages); on
+# 7x7x512 (16 tiles) transforming the 512x512 kernel costs more than the products save
+# (1.8x), and on 64-channel maps it gains little or loses (56x56: 0.93x, 200x200:
+# 1.04x, 710x710: 1.32x, its transformed input, 4x the input, streaming through
+# memory).  F(4x4,3x3) takes 0.42-0.83x on maps with at least 32 tiles of 4x4, down to
+# 32 channels, except on very large maps with few channels (710x710x64: 1.10x, whose
+# input alone is 129 MB).  Few input channels (conv1_1's 3) stay direct.
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_TILES = 32
+WINOGRAD_WIDE_CHANNELS = 128
+WINOGRAD4_MAX_NARROW_INPUT_BYTES = 64 << 20
+
+
+def winograd_tile(x, kernel, strides, padding, dilation):
+    """The Winograd tile size m for this convolution on the CPU (2 or 4), or None for the
+    direct path.  F(4x4,3x3) only when the pass trades exactness for speed (matmul
+    precision "tensorfloat32", i.e. ``--precision tf32``); F(2x2,3x3), as exact as the
+    direct convolution, in full float32 (see ``netspec.layers.winograd``)."""
+    if (not runs_on_cpu() or x.dtype != jnp.float32 or kernel.shape[:2] != (3, 3)
+            or strides != (1, 1) or dilation != (1, 1) or min(min(p) for p in padding) < 0):
+        return None
+    c, o = kernel.shape[2:]
+    out_h, out_w = (x.shape[1 + a] + sum(padding[a]) - 2 for a in range(2))
+    if c < WINOGRAD_MIN_CHANNELS or out_h < 1 or out_w < 1:
+        return None
+    wide = min(c, o) >= WINOGRAD_WIDE_CHANNELS
+    tiles = lambda m: x.shape[0] * -(-out_h // m) * -(-out_w // m)
+    if str(jax.config.jax_default_matmul_precision).lower() == "tensorfloat32":
+        if tiles(4) >= WINOGRAD_MIN_TILES and (wide or x.size * 4 <= WINOGRAD4_MAX_NARROW_INPUT_BYTES):
+            return 4
+    if wide and tiles(2) >= WINOGRAD_MIN_TILES:
+        return 2
+    return None
+
+
 def _pairs(padding):
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
@@ -253,6 +295,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         dimension_numbers=dimension_numbers,
                                         feature_group_count=feature_group_count, **kwargs)
     strides, padding = tuple(int(s) for s in window_strides), _pairs(padding)
+    tile = winograd_tile(lhs, rhs, strides, padding, dilation)
+    if tile:
+        return winograd.winograd_conv(lhs, rhs.astype(lhs.dtype), padding, tile)
     if _patches_fit_kernel(lhs, rhs, strides, padding, dilation):
         # a win on the CPU only: on a GPU, XLA's convolution is about as fast and
         # compiles in a second instead of autotuning the im2col GEMMs
