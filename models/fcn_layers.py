@@ -47,15 +47,22 @@ def vgg_conv_blocks(n, bottom, widths=VGG16_WIDTHS, suffix='', conv1_1='conv1_1'
     return top
 
 
-def vgg16_fc7(n, bottom, suffix='', conv1_1='conv1_1'):
+def vgg16_fc7(n, bottom, suffix='', conv1_1='conv1_1', dropout=True):
     """VGG16 up to fc7 (fc6/fc7 as convolutions, each followed by ReLU and in-place
-    dropout 0.5) on ``n``; names as in ``vgg_conv_blocks``. Returns drop7."""
+    dropout 0.5) on ``n``; names as in ``vgg_conv_blocks``. Returns drop7.
+
+    ``dropout=False`` leaves out the two Dropout layers (an inference net, like the
+    reference voc-fcn8s deploy.prototxt) and returns relu7."""
     pool5 = vgg_conv_blocks(n, bottom, suffix=suffix, conv1_1=conv1_1)
     n['fc6' + suffix], n['relu6' + suffix] = conv_relu(pool5, 4096, ks=7, pad=0)
-    n['drop6' + suffix] = L.Dropout(n['relu6' + suffix], dropout_ratio=0.5, in_place=True)
-    n['fc7' + suffix], n['relu7' + suffix] = conv_relu(n['drop6' + suffix], 4096, ks=1, pad=0)
-    n['drop7' + suffix] = L.Dropout(n['relu7' + suffix], dropout_ratio=0.5, in_place=True)
-    return n['drop7' + suffix]
+    top = n['relu6' + suffix]
+    if dropout:
+        n['drop6' + suffix] = top = L.Dropout(top, dropout_ratio=0.5, in_place=True)
+    n['fc7' + suffix], n['relu7' + suffix] = conv_relu(top, 4096, ks=1, pad=0)
+    top = n['relu7' + suffix]
+    if dropout:
+        n['drop7' + suffix] = top = L.Dropout(top, dropout_ratio=0.5, in_place=True)
+    return top
 
 
 def score(bottom, nout, **fillers):
@@ -100,13 +107,14 @@ VOC_MEAN = (104.00699, 116.66877, 122.67892)
 
 def voc_data(n, split):
     """SBD for training, PASCAL VOC 2011 otherwise (paths relative to this directory)."""
-    pydata_params = dict(split=split, mean=VOC_MEAN, seed=1337)
+    # keys in the order of the reference's param_str (Python 2 printed its dict so)
     if split == 'train':
-        pydata_params['sbdd_dir'] = '../../data/sbdd/dataset'
+        pydata_params = dict(sbdd_dir='../../data/sbdd/dataset')
         pylayer = 'SBDDSegDataLayer'
     else:
-        pydata_params['voc_dir'] = '../../data/pascal/VOC2011'
+        pydata_params = dict(voc_dir='../../data/pascal/VOC2011')
         pylayer = 'VOCSegDataLayer'
+    pydata_params.update(seed=1337, split=split, mean=VOC_MEAN)
     n.data, n.label = L.Python(module='voc_layers', layer=pylayer, ntop=2,
                                param_str=str(pydata_params))
     return n.data
@@ -116,7 +124,7 @@ def siftflow_data(n, split):
     """SIFT Flow images with semantic (sem) and geometric (geo) labels."""
     n.data, n.sem, n.geo = L.Python(module='siftflow_layers', layer='SIFTFlowSegDataLayer',
                                     ntop=3, param_str=str(dict(siftflow_dir='../../data/sift-flow',
-                                                               split=split, seed=1337)))
+                                                               seed=1337, split=split)))
     return n.data
 
 
@@ -124,7 +132,7 @@ def context_data(n, split):
     """PASCAL-Context images (VOC2010) and 59-class + background labels."""
     n.data, n.label = L.Python(module='pascalcontext_layers',
                                layer='PASCALContextSegDataLayer', ntop=2,
-                               param_str=str(dict(voc_dir='../../data/pascal',
-                                                  context_dir='../../data/pascal-context',
-                                                  split=split, seed=1337)))
+                               param_str=str(dict(context_dir='../../data/pascal-context',
+                                                  seed=1337, split=split,
+                                                  voc_dir='../../data/pascal')))
     return n.data

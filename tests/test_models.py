@@ -43,7 +43,7 @@ UPSAMPLING = {'32s': [(64, 32)], '16s': [(4, 2), (32, 16)], '8s': [(4, 2), (4, 2
 NUM_OUTPUTS = {'voc': 21, 'nyud': 40, 'pascalcontext': 60, 'quickstart': 6}
 BASE_LR = {'voc-fcn32s': 1e-10, 'voc-fcn16s': 1e-12, 'voc-fcn8s': 1e-14,
            'voc-fcn8s-atonce': 1e-10, 'voc-fcn-alexnet': 1e-4,
-           'siftflow-fcn32s': 1e-10, 'siftflow-fcn16s': 1e-12, 'siftflow-fcn8s': 1e-14,
+           'siftflow-fcn32s': 1e-10, 'siftflow-fcn16s': 1e-12, 'siftflow-fcn8s': 1e-12,
            'pascalcontext-fcn32s': 1e-10, 'pascalcontext-fcn16s': 1e-12,
            'pascalcontext-fcn8s': 1e-14, 'nyud-fcn32s-color-hha': 1e-12}
 

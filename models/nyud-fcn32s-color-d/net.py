@@ -23,8 +23,8 @@ def fcn(split):
     """The net for one data split, as a NetParameter."""
     n = NetSpec()
     n.color, n.depth, n.label = L.Python(module='nyud_layers', layer='NYUDSegDataLayer', ntop=3,
-                   param_str=str(dict(nyud_dir='../../data/nyud', split=split,
-                                      tops=['color', 'depth', 'label'], seed=1337)))
+                   param_str=str(dict(tops=['color', 'depth', 'label'], seed=1337,
+                                      nyud_dir='../../data/nyud', split=split)))
     n.data = L.Concat(n.color, n.depth)
 
     # conv1_1 sees 4 channels (BGR + depth), so it is renamed conv1_1_bgrd:

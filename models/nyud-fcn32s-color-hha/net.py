@@ -24,8 +24,8 @@ def fcn(split):
     """The net for one data split, as a NetParameter."""
     n = NetSpec()
     n.color, n.hha, n.label = L.Python(module='nyud_layers', layer='NYUDSegDataLayer', ntop=3,
-                   param_str=str(dict(nyud_dir='../../data/nyud', split=split,
-                                      tops=['color', 'hha', 'label'], seed=1337)))
+                   param_str=str(dict(tops=['color', 'hha', 'label'], seed=1337,
+                                      nyud_dir='../../data/nyud', split=split)))
 
     # one VGG16 stream per modality, every name suffixed by it (conv1_1color, ...)
     n.score_frcolor = score(vgg16_fc7(n, n.color, suffix='color'), 40)

@@ -23,8 +23,8 @@ def fcn(split):
     """The net for one data split, as a NetParameter."""
     n = NetSpec()
     n.data, n.label = L.Python(module='nyud_layers', layer='NYUDSegDataLayer', ntop=2,
-                   param_str=str(dict(nyud_dir='../../data/nyud', split=split,
-                                      tops=['hha', 'label'], seed=1337)))
+                   param_str=str(dict(tops=['hha', 'label'], seed=1337,
+                                      nyud_dir='../../data/nyud', split=split)))
 
     n.score_fr = score(vgg16_fc7(n, n.data), 40)
     n.upscore = upsample(n.score_fr, 40, ks=64, stride=32)

@@ -23,11 +23,13 @@ def fcn(split):
     """The train / seg11valid net, or with split 'deploy' the inference net (Input, no loss)."""
     n = NetSpec()
     if split == 'deploy':
-        # the input size is an example: the net is reshaped to each image
-        n.data = L.Input(shape=dict(dim=[1, 3, 500, 500]))
+        # the input size is an example: the net is reshaped to each image.
+        # As in the reference deploy net: the layer is named 'input' (its top is
+        # 'data') and there are no Dropout layers (identities at inference anyway).
+        n.data = L.Input(name='input', shape=dict(dim=[1, 3, 500, 500]))
     else:
         voc_data(n, split)
-    n.score_fr = score(vgg16_fc7(n, n.data), 21)
+    n.score_fr = score(vgg16_fc7(n, n.data, dropout=split != 'deploy'), 21)
     n.upscore2 = upsample(n.score_fr, 21, ks=4, stride=2)
 
     n.score_pool4 = score(n.pool4, 21)
