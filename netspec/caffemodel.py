@@ -39,6 +39,7 @@ LayerParameter numbers 3500-3599 (``norm_param`` 3500 ... ``reorg_param``
 ``write_caffemodel`` drops unknown fields (e.g. ones kept from a parsed file)
 from every message it writes.
 """
+import math
 import mmap
 import os
 import secrets
@@ -234,12 +235,22 @@ def _split_message(decoder, span, blobs_field, nested=None):
     return bytes(body), blobs
 
 
+INT_MAX = 2 ** 31 - 1
+
+
 def _blob_array(blob, what):
-    """Give a decoded blob's values their shape, checking the count as Caffe does."""
-    expected = int(np.prod(blob.shape, dtype=np.int64))
-    if min(blob.shape, default=0) < 0 or expected != blob.values.size:
+    """Give a decoded blob's values their shape, checking the count as Caffe does
+    (``Blob::Reshape``: every dimension in [0, INT_MAX], the count what the data holds)."""
+    if any(d < 0 or d > INT_MAX for d in blob.shape):
+        raise _BlobError(f"{what} has shape {_format_shape(blob.shape)}, with a dimension outside "
+                         f"[0, {INT_MAX}]")
+    expected = math.prod(blob.shape)          # exact: no int64 wrap-around
+    if expected != blob.values.size:
         raise _BlobError(f"{what} holds {blob.values.size} values but its shape "
                          f"{_format_shape(blob.shape)} needs {expected}")
+    if math.prod(d for d in blob.shape if d) > INT_MAX ** 2:
+        raise _BlobError(f"{what} has shape {_format_shape(blob.shape)}, too large an array "
+                         "even with no values")
     return blob.values.reshape(blob.shape)
 
 
@@ -379,10 +390,16 @@ def _as_float32(array, layer_name, index):
 
 def _write_atomically(path, pieces):
     """Write the buffers of ``pieces`` to a temporary file next to ``path``, fsync it,
-    then rename it over ``path``; on any failure the old file is left as it was."""
+    rename it over ``path``, then fsync the directory: once this returns, ``path`` is
+    complete and durable, and a reader never sees it half-written.  On any failure
+    (ENOSPC, ...) the temporary file is removed and the old ``path`` is left as it was.
+
+    The temporary file is ``.<name>.<pid>-<random>.tmp``: a writer killed mid-write
+    leaves it behind, and ``netspec.snapshots.remove_stale_temp_files`` knows from the
+    pid that its writer is gone."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:

@@ -7,6 +7,7 @@ multipliers, and build every layer's implementation for the current bottom shape
 so that a shape that does not fit is reported before anything runs.
 """
 from dataclasses import dataclass, field
+from numbers import Integral
 
 from .errors import NetspecError
 from .layers.base import TRAIN, count, layer_class
@@ -151,19 +152,27 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
                 s = input_shapes.get(t, s)
                 if s is None:
                     raise NetspecError(f'layer "{lp.name}" ({lp.type}): no shape known for top "{t}"')
-                top_shapes.append(tuple(int(d) for d in s))
+                top_shapes.append(_check_input_shape(lp, t, tuple(int(d) for d in s)))
                 inputs.append(t)
         else:
             if make_impl is not None:
                 node.impl = make_impl(node, bottom_shapes, phase)
-            if node.impl is None:
-                node.impl = layer_class(lp.type, lp.name)(lp, bottom_shapes, phase)
-            top_shapes = [tuple(s) for s in node.impl.top_shapes()]
+            with _shape_errors(lp, bottom_shapes):
+                if node.impl is None:
+                    node.impl = layer_class(lp.type, lp.name)(lp, bottom_shapes, phase)
+                top_shapes = [tuple(s) for s in node.impl.top_shapes()]
+                state = [tuple(s) for s in node.impl.state_shapes()]
+                carried = [tuple(s) for s in node.impl.carried_shapes()]
             _assign_params(node, lp, param_owner, param_shapes, param_fillers, learnable)
-            if node.impl.state_shapes():
-                state_shapes[lp.name] = [tuple(s) for s in node.impl.state_shapes()]
-            if node.impl.carried_shapes():
-                carried_shapes[lp.name] = [tuple(s) for s in node.impl.carried_shapes()]
+            if state:
+                state_shapes[lp.name] = state
+            if carried:
+                carried_shapes[lp.name] = carried
+            for t, s in zip(node.tops, top_shapes):
+                if any(isinstance(d, Integral) and d < 0 for d in s):
+                    raise NetspecError(f'layer "{lp.name}" ({lp.type}): top "{t}" would have shape {s}, '
+                                       f'with a negative size, from bottom shapes {bottom_shapes}; '
+                                       'check its kernel, stride, pad and axis settings')
 
         # in-place and duplicate tops
         for t in node.tops:
@@ -193,6 +202,34 @@ def build_graph(net, phase=TRAIN, level=0, stages=(), input_shapes=None, host_la
                  outputs=sorted(available), param_shapes=param_shapes, param_fillers=param_fillers,
                  state_shapes=state_shapes, learnable=learnable, blob_need_backward=need_backward,
                  force_backward=net.force_backward, carried_shapes=carried_shapes)
+
+
+class _shape_errors:
+    """Shape inference of one layer: an arithmetic or indexing failure inside a layer's
+    setup (a zero-sized axis, an axis out of range, ...) that the layer does not check
+    itself becomes a one-line NetspecError naming the layer and its bottom shapes."""
+
+    def __init__(self, lp, bottom_shapes):
+        self.lp, self.bottom_shapes = lp, bottom_shapes
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None or issubclass(kind, NetspecError) or not issubclass(
+                kind, (ArithmeticError, ValueError, IndexError)):
+            return False
+        reason = " ".join(str(error).split()) or kind.__name__
+        raise NetspecError(f'layer "{self.lp.name}" ({self.lp.type}): cannot set up for bottom shapes '
+                           f'{self.bottom_shapes} ({kind.__name__}: {reason})') from error
+
+
+def _check_input_shape(lp, top, shape):
+    """Caffe's ``Blob::Reshape`` check: no negative sizes."""
+    if any(d < 0 for d in shape):
+        raise NetspecError(f'layer "{lp.name}" ({lp.type}): top "{top}" has shape {shape}, '
+                           'with a negative size; sizes must be >= 0')
+    return shape
 
 
 def _with_automatic_top(lp, host_layers):

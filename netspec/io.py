@@ -282,6 +282,11 @@ def image_transformer(input_name, shape, mean=None, input_scale=None, raw_scale=
     return transformer
 
 
+class ImageReadError(NetspecError, OSError):
+    """An image file that is missing or does not decode: a one-line ``NetspecError``, and
+    an ``OSError`` as the readers behind pycaffe's ``load_image`` raise."""
+
+
 def load_image(filename, color=True):
     """Read an image file as float32 in [0, 1]: (H, W, 3) RGB when ``color`` (grayscale
     files are tiled to 3 channels, an alpha channel is dropped), else (H, W, 1)
@@ -294,9 +299,15 @@ def load_image(filename, color=True):
     orientation is not applied, and a multi-frame file gives its first frame.
     """
     from PIL import Image
-    with Image.open(filename) as image:
-        image.load()
-        array = _pil_to_array(image, as_gray=not color)
+    try:
+        with Image.open(filename) as image:
+            image.load()
+            array = _pil_to_array(image, as_gray=not color)
+    except FileNotFoundError:
+        raise ImageReadError(f"{filename}: no such image file") from None
+    except Exception as e:      # Pillow's decoders raise OSError, ValueError, SyntaxError, ...
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ImageReadError(f"{filename}: cannot read the image ({reason})") from None
     img = _img_as_float(array).astype(np.float32)
     if img.ndim == 2:
         img = img[:, :, np.newaxis]

@@ -61,12 +61,14 @@ def parse_solver(path_or_text, *, path=None, upgrade_legacy=True):
 
 def read_net(path):
     """Read a net prototxt file and upgrade it as Caffe's ``UpgradeNetAsNeeded`` does."""
-    return parse_net(os.fspath(path), path=os.fspath(path))
+    path = os.fspath(path)
+    return upgrade.upgrade_net(parse_text(read_text_file(path), caffe_pb2.NetParameter(), path), path)
 
 
 def read_solver(path):
     """Read a solver prototxt file and upgrade it as ``UpgradeSolverAsNeeded`` does."""
-    return parse_solver(os.fspath(path), path=os.fspath(path))
+    path = os.fspath(path)
+    return upgrade.upgrade_solver(parse_text(read_text_file(path), caffe_pb2.SolverParameter(), path), path)
 
 
 def read_text_file(path):
@@ -81,6 +83,8 @@ def read_text_file(path):
         raise NetspecError(f"{path}: is a directory, expected a .prototxt file") from None
     except OSError as error:
         raise NetspecError(f"{path}: cannot read ({error.strerror})") from None
+    except ValueError:      # a NUL byte in the name
+        raise NetspecError(f"{path!r}: not a file name (it holds a NUL byte)") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -90,7 +94,7 @@ def read_text_file(path):
 
 def _looks_like_path(value):
     """A string is a path unless it holds prototxt syntax (newline, ':' or '{')."""
-    if not value.strip():
+    if not value.strip() or "\0" in value:    # no file name holds a NUL byte
         return False
     if os.path.isfile(value):
         return True

@@ -33,7 +33,10 @@ def read_image(path, height=0, width=0, is_color=True):
     """Caffe's ``ReadImageToCVMat``: imread (colour or grey), then resize to
     ``(height, width)`` when both are positive.  None when the file cannot be read."""
     cv = cv2()
-    image = cv.imread(str(path), COLOR if is_color else GRAYSCALE)
+    try:
+        image = cv.imread(str(path), COLOR if is_color else GRAYSCALE)
+    except cv.error:    # e.g. a header declaring more than CV_IO_MAX_IMAGE_PIXELS pixels
+        return None
     if image is None:
         return None
     if height > 0 and width > 0:
@@ -48,7 +51,10 @@ def decode_image(data, flag=UNCHANGED):
     buffer = np.frombuffer(data, np.uint8)
     if buffer.size == 0:
         return None
-    return _as_mat(cv.imdecode(buffer, flag))
+    try:
+        return _as_mat(cv.imdecode(buffer, flag))
+    except cv.error:    # e.g. a header declaring more than CV_IO_MAX_IMAGE_PIXELS pixels
+        return None
 
 
 def encode_image(image, encoding):
@@ -163,10 +169,16 @@ def read_image_list(path, who):
     ``path label`` per line, split at the last space as Caffe does.  Returns
     ``[(path, label, line number)]``; blank lines are skipped."""
     try:
-        with open(path, "r", encoding="utf-8", newline="\n") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise NetspecError(f"{who}: cannot read image list {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise NetspecError(f"{who}: image list {path} line {line} is not UTF-8 text "
+                           f"(byte 0x{data[e.start]:02x}); give one \"path label\" per line") from None
     lines = []
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():

@@ -11,6 +11,7 @@ implementation serves both of Caffe's ``Transform`` paths.
 Random draws come from a NumPy generator seeded from the layer name (and a fixed
 default), so runs are reproducible; they are not Caffe's boost stream.
 """
+import math
 import zlib
 
 import numpy as np
@@ -46,8 +47,11 @@ def read_mean_file(path, who):
         raise NetspecError(f"{who}: mean_file {path} is not a binary BlobProto ({e}); write it with "
                            "netspec compute-image-mean") from None
     values = np.array(blob.values, np.float32)
-    count = int(np.prod(blob.shape, dtype=np.int64)) if blob.shape else 0
-    if not blob.shape or count != values.size:
+    if any(d < 0 or d > 2 ** 31 - 1 for d in blob.shape):
+        raise NetspecError(f"{who}: mean_file {path} has shape {tuple(blob.shape)}, with a dimension "
+                           "outside [0, 2147483647]; write it with netspec compute-image-mean")
+    count = math.prod(blob.shape) if blob.shape else 0    # exact: no int64 wrap-around
+    if not blob.shape or count != values.size or count == 0:
         raise NetspecError(f"{who}: mean_file {path} holds {values.size} values for shape "
                            f"{tuple(blob.shape)}; write it with netspec compute-image-mean")
     return values, tuple(int(d) for d in blob.shape)

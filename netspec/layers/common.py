@@ -70,6 +70,8 @@ class BatchNorm(Layer):
             raise self.error("bottom must have at least one axis")
         p = self.lp.batch_norm_param
         self.channels = 1 if len(shape) == 1 else shape[1]
+        if self.channels == 0:
+            raise self.error(f"bottom shape {tuple(shape)} has no channels (axis 1 is 0)")
         self.fixed_global_stats = p.use_global_stats if p.HasField("use_global_stats") else None
         self.moving_average_fraction = float(p.moving_average_fraction)
         self.eps = float(p.eps)
