@@ -11,12 +11,16 @@ and the file and line where it was raised.
 
 Layers run on private blobs; the net copies each batch into its own ``net.blobs``.
 While the thread runs, nothing else may call the layer objects.
+
+In multi-process training a TRAIN net's batch is this process's slice of the global
+batch (``_process_slice``, ``netspec.distributed``).
 """
 import queue
 import threading
 import traceback
 
 from .blob import Blob
+from .distributed import data_slice, slice_rows
 from .errors import NetspecError
 
 DEFAULT_DEPTH = 3
@@ -52,7 +56,24 @@ class HostDataLayers:
                 raise
             except Exception as e:
                 raise NetspecError(_describe_failure(name, obj, e)) from e
-        return {t: blob.data.copy() for t, blob in self._blobs.items()}
+        batch = {t: blob.data.copy() for t, blob in self._blobs.items()}
+        return self._process_slice(batch)
+
+    def _process_slice(self, batch):
+        """Multi-process training (``netspec.distributed``): a TRAIN net's process ``i`` of
+        ``P`` keeps rows ``[i*N/P, (i+1)*N/P)`` of the tops of layers that produced the
+        whole batch; layers with ``produces_process_slice`` set made only those rows."""
+        for name, obj, tops in self.layers:
+            if getattr(obj, "produces_process_slice", False):
+                continue
+            index, count = data_slice(getattr(obj, "phase", 0))
+            if count <= 1:
+                continue
+            for t in tops:
+                lo, hi = slice_rows(batch[t].shape[0] if batch[t].ndim else 0, index, count,
+                                    f'data layer "{name}", top "{t}"')
+                batch[t] = batch[t][lo:hi]
+        return batch
 
     def start(self):
         """Produce batches ahead on a background thread (no-op without layers or if running)."""

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import compiler, optim
+from . import compiler, distributed, optim
 from .errors import NetspecError
 from .layers import TEST, TRAIN
 from .lr_policy import learning_rate, snapshot_current_step
@@ -83,7 +83,11 @@ class Solver:
         self.iter = 0
         self._devices = list(devices) if devices else None
         self._mesh = None
-        if self._devices and len(self._devices) > 1:
+        self._distributed = distributed.active()    # multi-process: netspec.distributed
+        if self._distributed:
+            self._mesh = distributed.global_mesh()
+            self._devices = list(self._mesh.devices.flat)
+        elif self._devices and len(self._devices) > 1:
             from jax.sharding import Mesh
             self._mesh = Mesh(np.array(self._devices), ("batch",))
         graph = self.net.graph
@@ -103,7 +107,9 @@ class Solver:
         self._losses, self.smoothed_loss, self._start_iter = [], 0.0, 0
         self._executables = Executables(self.log)
         self._requested = None
-        self._last_snapshot = None
+        self._last_snapshot = None      # (caffemodel, solverstate) of the newest good snapshot
+        self._snapshot_iter = None      # the iteration it holds
+        self._temp_files_checked = False
         for path in list(self.param.weights) + ([weights] if isinstance(weights, str) else list(weights or [])):
             for p in path.split(","):
                 self.net.copy_from(_resolve(p, base))
@@ -161,12 +167,16 @@ class Solver:
     def _replicated(self, tree):
         if self._mesh is None:
             return jax.tree.map(jnp.asarray, tree)
+        if self._distributed:
+            return distributed.replicate(self._mesh, tree)
         from jax.sharding import NamedSharding, PartitionSpec
         return jax.device_put(tree, NamedSharding(self._mesh, PartitionSpec()))
 
     def _batch_sharded(self, tree, batch_axis):
         if self._mesh is None:
             return tree
+        if self._distributed:       # this process's rows of the global batch
+            return distributed.global_batch(self._mesh, tree)
         from jax.sharding import NamedSharding, PartitionSpec
         n = len(self._devices)
 
@@ -246,11 +256,11 @@ class Solver:
     def _run_iteration(self, params, state, batches, rng):
         """One Caffe iteration on device; returns (params, state, loss, outputs, plan).
         Each pass runs in the executable of its input sizes' bucket (``netspec.buckets``)."""
-        plans = [self.net.plan_for(b) for b in batches]
+        plans = [self._plan_for(b) for b in batches]
         if len(batches) == 1:
             plan = plans[0]
             state = self._fit_state(plan.graph, state)
-            args = (params, state, self._opt_state, self._batch_sharded(plan.pad_inputs(batches[0]), 0),
+            args = (params, state, self._opt_state, self._batch_sharded(self._pad(plan, batches[0]), 0),
                     self._replicated(plan.extents), jax.random.fold_in(rng, 0))
             params, state, self._opt_state, loss, outputs = self._step_fn(plan, args)(*args)
             return params, state, loss, outputs, plan
@@ -258,13 +268,22 @@ class Solver:
         loss_sum = 0.0
         for i, (plan, batch) in enumerate(zip(plans, batches)):
             state = self._fit_state(plan.graph, state)
-            args = (params, state, grads, self._batch_sharded(plan.pad_inputs(batch), 0),
+            args = (params, state, grads, self._batch_sharded(self._pad(plan, batch), 0),
                     self._replicated(plan.extents), jax.random.fold_in(rng, i))
             state, grads, loss, outputs = self._accumulate_fn(plan, args)(*args)
             loss_sum = loss_sum + loss
         args = (params, self._opt_state, grads)
         params, self._opt_state = self._apply_fn(args)(*args)
         return params, state, loss_sum / len(batches), outputs, plan
+
+    def _plan_for(self, batch):
+        """The plan of a pass; multi-process: of the global batch this process holds a slice of."""
+        if self._distributed:
+            return self.net._plan_for_shapes(distributed.global_shapes(batch))
+        return self.net.plan_for(batch)
+
+    def _pad(self, plan, batch):
+        return distributed.pad_local(plan, batch) if self._distributed else plan.pad_inputs(batch)
 
     # -- the loop -----------------------------------------------------------
     def step(self, iters):
@@ -273,6 +292,8 @@ class Solver:
         params = self._device_params()
         state = self._replicated(self.net.state_tree())
         self._opt_state = optim.set_iteration(self._opt_state, self.iter)
+        if self._distributed:       # on the global mesh (also after a restore)
+            self._opt_state = self._replicated(self._opt_state)
         self.net.clear_param_diffs()    # Caffe's ClearParamDiffs (the diffs may hold the history, donated below)
         stop_iter = self.iter + int(iters)
         # Caffe's Step restarts the loss smoothing at every call
@@ -284,13 +305,19 @@ class Solver:
             while self.iter < stop_iter:
                 if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                     self._sync_to_net(params, state)
-                    self.test_all()
-                batches = batches or self._next_batches()
+                    try:
+                        self.test_all()
+                    except NetspecError as e:     # e.g. a test net's data layer
+                        self._data_failed(f"testing: {e}", params, state)
+                batches = batches or self._fetch_batches()
+                if isinstance(batches, _DataFailure):
+                    self._data_failed(batches.error, params, state)
                 rng = jax.random.fold_in(jax.random.PRNGKey(self._seed), self.iter)
                 last = batches[-1]
                 params, state, loss, outputs, plan = self._run_iteration(params, state, batches, rng)
-                batches = self._next_batches() if self.iter + 1 < stop_iter else None  # overlaps the device step
-                self.net.show_pass(plan, last, outputs)
+                batches = self._fetch_batches() if self.iter + 1 < stop_iter else None  # overlaps the device step
+                if not self._distributed:   # the net's blobs hold one process's slice there
+                    self.net.show_pass(plan, last, outputs)
                 loss = float(loss)
                 if not math.isfinite(loss):
                     self._diverged(f"loss = {loss}", params, state)
@@ -301,7 +328,7 @@ class Solver:
                     self.log(f"Iteration {self.iter} ({_g(per_s)} iter/s, {lapse:.3g}s/{p.display} iters), "
                              f"loss = {_g(smoothed)}")
                     self._log_outputs("Train", plan.exact,
-                                      {k: plan.crop(k, np.asarray(v)) for k, v in outputs.items()})
+                                      {k: plan.crop(k, distributed.to_host(v)) for k, v in outputs.items()})
                     self.log(f"Iteration {self.iter}, lr = {_g(learning_rate(p, self.iter, self.path))}")
                     tick, tick_iter = time.time(), self.iter
                 self.iter += 1
@@ -339,8 +366,11 @@ class Solver:
             self.log("Optimization stopped early.")
             return
         if p.display and self.iter % p.display == 0:
-            self.net.forward()
-            self.log(f"Iteration {self.iter}, loss = {_g(self._update_smoothed_loss(self.net.loss))}")
+            if self._distributed:   # a pass of one process's slice would not be the net's loss
+                self.log(f"Iteration {self.iter}, loss = {_g(self.smoothed_loss)}")
+            else:
+                self.net.forward()
+                self.log(f"Iteration {self.iter}, loss = {_g(self._update_smoothed_loss(self.net.loss))}")
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         self.log(TOTALS.since(compiles))
@@ -363,9 +393,35 @@ class Solver:
 
     def _diverged(self, what, params, state):
         self._sync_to_net(params, state)
-        where = f"the last snapshot is {self._last_snapshot}" if self._last_snapshot else "no snapshot was written"
-        raise NetspecError(f"{self.path}: iteration {self.iter}: {what}; training stopped ({where}). "
-                           "Lower base_lr or check the data")
+        raise NetspecError(f"{self.path}: iteration {self.iter}: {what}; training stopped "
+                           f"({self._where_last_snapshot()}). Lower base_lr or check the data")
+
+    def _where_last_snapshot(self):
+        if not self._last_snapshot:
+            return "no snapshot was written"
+        model, state = self._last_snapshot
+        return f"the last snapshot is {model}; --snapshot {state} resumes from it"
+
+    def _fetch_batches(self):
+        """The next iteration's batches, or a ``_DataFailure`` holding a data layer's
+        error, raised when the loop gets to that iteration (the iteration before it
+        finishes and snapshots as scheduled)."""
+        try:
+            return self._next_batches()
+        except NetspecError as e:
+            return _DataFailure(e)
+
+    def _data_failed(self, error, params, state):
+        """A data layer failed to give iteration ``self.iter``'s batch (or a test net failed
+        before it): snapshot the weights trained so far (unless that snapshot exists or
+        nothing was trained) and stop with a line naming the iteration and the layer's
+        error (which names its file)."""
+        self._sync_to_net(params, state)
+        if self.iter > 0 and self._snapshot_iter != self.iter:
+            if bool(_all_finite(params)):
+                self.snapshot()
+        raise NetspecError(f"{self.path}: iteration {self.iter}: {error}; training stopped "
+                           f"({self._where_last_snapshot()})")
 
     def _sync_to_net(self, params, state):
         """The step's params and state become the net's blobs' values (no copy: they stay
@@ -448,22 +504,64 @@ class Solver:
             prefix = os.path.join(prefix, stem)
         return prefix
 
+    @property
+    def snapshot_prefix(self):
+        """``<prefix>`` of the ``<prefix>_iter_N.caffemodel``/``.solverstate`` snapshots."""
+        return self._snapshot_prefix()
+
     def snapshot(self):
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (each atomically)."""
+        """Write ``<prefix>_iter_<N>.caffemodel``, then ``.solverstate``, as a pair: each
+        file atomically and durably (``caffemodel._write_atomically``), the
+        ``.caffemodel`` before the ``.solverstate`` that names it, so a complete
+        ``.solverstate`` always names a complete ``.caffemodel`` (``netspec.snapshots``).
+
+        A failed write (disk full, ...) removes what this snapshot wrote, keeps the
+        previous snapshot and raises a ``NetspecError`` naming the file, the error and
+        the last good snapshot.  The first snapshot also removes the temporary files
+        that killed writers left with this prefix."""
         from .caffemodel import write_solverstate
+        from .snapshots import remove_stale_temp_files
         prefix = f"{self._snapshot_prefix()}_iter_{self.iter}"
         directory = os.path.dirname(prefix)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
         model = prefix + ".caffemodel"
-        self.log(f"Snapshotting to binary proto file {model}")
-        self.net.save(model)
         state_file = prefix + ".solverstate"
-        self.log(f"Snapshotting solver state to binary proto file {state_file}")
-        history = self._caffe_history()
-        current_step = snapshot_current_step(self.param, self.iter)
-        write_solverstate(state_file, self.iter, current_step, model, history)
-        self._last_snapshot = model
+        if self._distributed and not distributed.is_main():    # process 0 writes the snapshots
+            self._last_snapshot, self._snapshot_iter = (model, state_file), self.iter
+            return model, state_file
+        written = []
+        try:
+            if directory:
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                except OSError as e:
+                    raise NetspecError(f"{directory}: cannot create the snapshot directory "
+                                       f"({e.strerror or e})") from None
+            if not self._temp_files_checked:
+                self._temp_files_checked = True
+                for stale in remove_stale_temp_files(self._snapshot_prefix()):
+                    self.log(f"Removed {stale}, left by a snapshot writer that was killed")
+            if os.path.exists(state_file):
+                # an older run's pair for this iteration: its .solverstate goes first, so
+                # no moment pairs it with the .caffemodel written now
+                _unlink_durably(state_file)
+            self.log(f"Snapshotting to binary proto file {model}")
+            self.net.save(model)
+            written.append(model)
+            self.log(f"Snapshotting solver state to binary proto file {state_file}")
+            history = self._caffe_history()
+            current_step = snapshot_current_step(self.param, self.iter)
+            write_solverstate(state_file, self.iter, current_step, model, history)
+        except NetspecError as e:
+            for path in written:        # a .caffemodel without its .solverstate is no snapshot
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            if self._last_snapshot and self._last_snapshot[1] == state_file:
+                self._last_snapshot = self._snapshot_iter = None     # it was being replaced
+            raise NetspecError(f"{self.path}: iteration {self.iter}: snapshot failed: {e}; training stopped "
+                               f"({self._where_last_snapshot()})") from None
+        self._last_snapshot, self._snapshot_iter = (model, state_file), self.iter
         return model, state_file
 
     def _caffe_history(self):
@@ -486,11 +584,11 @@ class Solver:
     def restore(self, path):
         """Resume from a ``.solverstate`` (and the ``.caffemodel`` it names)."""
         from .caffemodel import read_solverstate
+        from .snapshots import learned_net_path
         saved = read_solverstate(path)
-        learned = saved.learned_net
+        learned = learned_net_path(path, saved.learned_net)
         if learned:
-            candidate = learned if os.path.exists(learned) else os.path.join(os.path.dirname(path), os.path.basename(learned))
-            self.net.copy_from(candidate)
+            self.net.copy_from(learned)
         self.iter = int(saved.iter)
         history = list(saved.history)
         per_set = len(history) // max(1, self._history_sets())
@@ -507,6 +605,8 @@ class Solver:
                                    f"type need {self._history_sets() * position // (s + 1)}")
         self._opt_state = optim.history_from_caffe(self._opt_state, self._order, keep, name=path)
         self._opt_state = optim.set_iteration(self._opt_state, self.iter)
+        if learned:
+            self._last_snapshot, self._snapshot_iter = (learned, path), self.iter
 
     # -- signals --------------------------------------------------------------
     sigint_effect = "stop"
@@ -543,6 +643,24 @@ def shown_blobs(graph):
         if not node.bottoms:
             wanted.update(node.tops)
     return [name for name in graph.blob_shapes if name in wanted and name not in graph.inputs]
+
+
+def _unlink_durably(path):
+    from .caffemodel import _fsync_directory
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise NetspecError(f"{path}: cannot remove the old snapshot ({e.strerror or e})") from None
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+class _DataFailure:
+    """A data layer's error, raised when the loop reaches the iteration it was for."""
+
+    def __init__(self, error):
+        self.error = error
 
 
 @jax.jit

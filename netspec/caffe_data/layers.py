@@ -8,6 +8,13 @@ record order, wrap-around, per-epoch shuffles, batch shapes from the first item,
 one batch; the net runs it every pass (optionally on its prefetch thread).
 Random choices (shuffles, skips, crops, mirrors, window sampling) follow Caffe's
 distributions from generators seeded by the layer name, not Caffe's boost stream.
+
+Multi-process training (``netspec.distributed``): in a TRAIN net, process ``i`` of
+``P`` gets rows ``[i*N/P, (i+1)*N/P)`` of the batch one process would get.  Data,
+ImageData, HDF5Data and MemoryData make only those rows (``produces_process_slice``):
+they step over the other processes' items (still decoding and transforming them when
+the transformer draws random crops or mirrors, to keep its random stream); WindowData
+makes the whole batch and ``netspec.prefetch`` keeps the slice.
 """
 import os
 
@@ -41,6 +48,14 @@ class HostDataLayer:
     def error(self, message):
         return NetspecError(f"{self.who}: {message}")
 
+    produces_process_slice = False
+
+    def process_rows(self):
+        """``(lo, hi)``: the rows of each ``batch_size`` batch this process makes."""
+        from ..distributed import data_slice, slice_rows
+        index, count = data_slice(self.phase)
+        return slice_rows(self.batch_size, index, count, self.who)
+
     def setup(self, bottom, top):
         shapes = self.top_shapes()
         for blob, shape in zip(top, shapes):
@@ -73,20 +88,34 @@ class ItemDataLayer(HostDataLayer):
         shape = (self.batch_size,) + self.transformer.infer_shape(array.shape, where)
         return [shape, (self.batch_size,)][:len(self.lp.top)]
 
+    produces_process_slice = True
+
     def load_batch(self):
         """``[data, labels]`` for ``batch_size`` items, each ``(array, label, where)`` from the
         subclass's ``next_item()`` and passed through ``transform_param``, then ``advance()``;
         the batch takes its item shape from its first item (Caffe's DataLayer and
-        ImageDataLayer ``load_batch``)."""
-        labels = np.zeros(self.batch_size, np.float32)
-        data = item_shape = None
+        ImageDataLayer ``load_batch``).  Multi-process: this process's rows only."""
+        lo, hi = self.process_rows()
+        t = self.transformer
+        random = bool(t.mirror or (t.crop_size and t.phase == 0))
+        labels = np.zeros(hi - lo, np.float32)
+        data = item_shape = scratch = None
         for i in range(self.batch_size):
+            if not lo <= i < hi:        # another process's item
+                if random:              # draw its crop/mirror all the same
+                    array, _, where = self.next_item()
+                    shape = t.infer_shape(array.shape, where)
+                    if scratch is None or scratch.shape != shape:
+                        scratch = np.empty(shape, np.float32)
+                    t.transform(array, where, out=scratch, expected=shape)
+                self.advance()
+                continue
             array, label, where = self.next_item()
-            if i == 0:
-                item_shape = self.transformer.infer_shape(array.shape, where)
-                data = np.empty((self.batch_size,) + item_shape, np.float32)
-            self.transformer.transform(array, where, out=data[i], expected=item_shape)
-            labels[i] = label
+            if i == lo:
+                item_shape = t.infer_shape(array.shape, where)
+                data = np.empty((hi - lo,) + item_shape, np.float32)
+            t.transform(array, where, out=data[i - lo], expected=item_shape)
+            labels[i - lo] = label
             self.advance()
         return [data, labels][:len(self.lp.top)]
 
@@ -285,12 +314,16 @@ class HDF5DataLayer(HostDataLayer):
     def top_shapes(self):
         return [(self.batch_size,) + a.shape[1:] for a in self.arrays]
 
+    produces_process_slice = True
+
     def load_batch(self):
-        out = [np.empty((self.batch_size,) + s, np.float32) for s in self.row_shapes]
+        lo, hi = self.process_rows()
+        out = [np.empty((hi - lo,) + s, np.float32) for s in self.row_shapes]
         for i in range(self.batch_size):
-            row = self.data_permutation[self.current_row]
-            for o, a in zip(out, self.arrays):
-                o[i] = a[row]
+            if lo <= i < hi:
+                row = self.data_permutation[self.current_row]
+                for o, a in zip(out, self.arrays):
+                    o[i - lo] = a[row]
             self._next()
         return out
 
@@ -301,6 +334,8 @@ class MemoryDataLayer(HostDataLayer):
     """``MemoryData``: batches cut from arrays given by ``set_input_arrays`` (pycaffe's
     ``net.set_input_arrays``: used as given, not transformed, as Caffe's ``Reset``), or
     by ``add_datum_vector``/``add_mat_vector`` (transformed by ``transform_param``)."""
+
+    produces_process_slice = True
 
     type = "MemoryData"
     min_tops = max_tops = 2
@@ -389,7 +424,8 @@ class MemoryDataLayer(HostDataLayer):
     def load_batch(self):
         if self.data is None:
             raise self.error("has no data; call net.set_input_arrays(data, labels) first")
-        s = slice(self.pos, self.pos + self.batch_size)
+        lo, hi = self.process_rows()
+        s = slice(self.pos + lo, self.pos + hi)
         batch = [np.array(self.data[s], np.float32), np.array(self.labels[s], np.float32)]
         self.pos = (self.pos + self.batch_size) % self.n
         return batch
