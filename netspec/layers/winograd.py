@@ -206,16 +206,21 @@ def _forward(x, kernel, padding, m):
     v = input_transform(x, padding, m)
     u = filter_transform(kernel, m)
     y = output_transform(_batched_matmul(v, u, 2, 1), (x.shape[0], oh, ow, th, tw), m)
-    return y, (v, u, x.shape)
+    # the backward pass transforms x and the kernel again rather than keeping V (4x
+    # the input for m = 2, 2.25x for m = 4): as fast (one pass over memory, measured
+    # within noise per layer) and no more memory than the direct convolution keeps
+    return y, (x, kernel)
 
 
 def _backward(padding, m, residuals, dy):
-    v, u, x_shape = residuals
-    _, _, th, tw = _geometry(x_shape, padding, m)
+    x, kernel = residuals
+    _, _, th, tw = _geometry(x.shape, padding, m)
+    v = input_transform(x, padding, m)
+    u = filter_transform(kernel, m)
     dm = output_transform_transpose(dy, th, tw, m)
     du = _batched_matmul(v, dm, 1, 1)               # ((m+2)^2, C, O)
     dv = _batched_matmul(dm, u, 2, 2)               # ((m+2)^2, tiles, C)
-    return (input_transform_transpose(dv, x_shape, padding, m),
+    return (input_transform_transpose(dv, x.shape, padding, m),
             filter_transform_transpose(du, m))
 
 
