@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from test_solver import FailingFile   # a file whose writes fail with ENOSPC
 
 from netspec import cli, snapshots
 from netspec.caffemodel import (load_weights, read_caffemodel, read_solverstate, write_caffemodel,
@@ -434,31 +435,9 @@ def _disk_full_after(budget, which):
     ``_write_atomically``) fail with ENOSPC once ``budget`` bytes are written."""
     real_fdopen = os.fdopen
 
-    class Full:
-        def __init__(self, real):
-            self.real, self.left = real, budget
-
-        def write(self, data):
-            data = memoryview(data).cast("B")
-            if len(data) > self.left:
-                self.real.write(data[:self.left])
-                self.left = 0
-                raise OSError(errno.ENOSPC, "No space left on device")
-            self.left -= len(data)
-            return self.real.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.real.__exit__(*exc)
-
     def fdopen(fd, *args, **kwargs):
         f = real_fdopen(fd, *args, **kwargs)
-        return Full(f) if which in os.readlink(f"/proc/self/fd/{fd}") else f
+        return FailingFile(f, budget) if which in os.readlink(f"/proc/self/fd/{fd}") else f
     return fdopen
 
 

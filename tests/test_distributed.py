@@ -12,32 +12,13 @@ import time
 
 import numpy as np
 import pytest
+from test_multidevice import DATA_MODULE as FIXED_DATA_MODULE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-DATA_MODULE = '''
-import ast
-import numpy as np
-import netspec
-
-
-class Fixed(netspec.Layer):
-    """Whole batches from a seeded generator (netspec keeps each process's rows)."""
-
-    def setup(self, bottom, top):
-        params = ast.literal_eval(self.param_str)
-        self.batch = params["batch"]
-        self.random = np.random.RandomState(params["seed"])
-
-    def reshape(self, bottom, top):
-        top[0].reshape(self.batch, 2, 3, 3)
-        top[1].reshape(self.batch)
-
-    def forward(self, bottom, top):
-        label = self.random.randint(0, 3, self.batch)
-        top[0].data[...] = self.random.randn(self.batch, 2, 3, 3) + label[:, None, None, None]
-        top[1].data[...] = label
-
+# the seeded whole-batch Python layer of the single-process multi-device test
+# (netspec keeps each process's rows), and one that makes only this process's rows
+DATA_MODULE = FIXED_DATA_MODULE + '''
 
 class Sliced(Fixed):
     """The same batches, but only this process's rows (produces_process_slice)."""

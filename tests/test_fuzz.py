@@ -50,7 +50,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from netspec import caffemodel, graph, prototxt
+from netspec import caffemodel, graph, prototxt, wire
 from netspec.caffe_data import datum as datum_io
 from netspec.caffe_data import transformer
 from netspec.errors import NetspecError
@@ -298,17 +298,11 @@ def test_prototxt_file_reader(tmp_path):
 # ================================================================ wire encoder
 
 def varint(value):
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    """Varint bytes of any int taken modulo 2^64 (a field value a writer could produce)."""
+    return wire.encode_varint(value & ((1 << 64) - 1))
 
 
-def key(number, wire_type):
-    return varint(number << 3 | wire_type)
+key = wire.encode_key
 
 
 def ld(number, body, lie=0):
