@@ -352,7 +352,10 @@ def _torch_tf32(torch, allow):
 
 def prepare_torch(params, size, on_gpu, kind="fp32"):
     """PyTorch eager forward and forward+backward calls; returns (row, {key: call}, score).
-    ``kind``: "fp32" (TF32 off) or "tf32" (TF32 on, cuDNN's default; GPU only)."""
+    ``kind``: "fp32" (TF32 off), "tf32" (TF32 on, cuDNN's default; GPU only) or "bf16"
+    (``torch.autocast`` to bfloat16, PyTorch's mixed precision: float32 weights and
+    optimizer, bfloat16 convolutions and matmuls)."""
+    import contextlib
     import torch
     import torch_fcn8s
     device = "cuda" if on_gpu else "cpu"
@@ -364,16 +367,21 @@ def prepare_torch(params, size, on_gpu, kind="fp32"):
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     learned = [t for v in p.values() for t in v if t.requires_grad]
 
+    def mixed():
+        return torch.autocast(device, dtype=torch.bfloat16) if kind == "bf16" else contextlib.nullcontext()
+
     def forward():
         _torch_tf32(torch, kind == "tf32")  # set per call: the rows take turns
-        with torch.no_grad():
-            out = torch_fcn8s.forward(p, x)
+        with torch.no_grad(), mixed():
+            out = torch_fcn8s.forward(p, x).float()
         sync()
         return out
 
     def forward_backward():
         _torch_tf32(torch, kind == "tf32")
-        grads = torch.autograd.grad(torch_fcn8s.loss(p, x, y), learned)
+        with mixed():
+            loss = torch_fcn8s.loss(p, x, y)
+        grads = torch.autograd.grad(loss, learned)
         sync()
         return grads
 
@@ -388,7 +396,9 @@ def prepare_torch(params, size, on_gpu, kind="fp32"):
     def step():
         _torch_tf32(torch, kind == "tf32")
         optimizer.zero_grad(set_to_none=True)
-        torch_fcn8s.loss(p, x, y).backward()
+        with mixed():
+            loss = torch_fcn8s.loss(p, x, y)
+        loss.backward()
         optimizer.step()
         sync()
 
@@ -482,7 +492,7 @@ def print_table(rows):
               + "".join(f"{_fmt(r.get(k)):>17}" for k in keys))
     peers = {r["dtype"]: r for r in rows if r["impl"] == "pytorch-eager"}
     for r in rows:
-        peer = peers.get(PRECISIONS.get(r["precision"], {"fp32": "fp32", "tf32": "tf32"}.get(r["dtype"])))
+        peer = peers.get(PRECISIONS.get(r["precision"], {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16"}.get(r["dtype"])))
         if r["impl"] != "netspec" or not peer:
             continue
         for key, what in (("step_s", "training step"), ("facade_s", "forward()+backward() vs its fwd+bwd"),
@@ -570,6 +580,8 @@ def main(argv=None):
     if not args.no_torch and torch_available(on_gpu):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         labels = sorted({PRECISIONS[p] for p in precisions}) if on_gpu else ["fp32"]
+        if "bf16" in dtypes:
+            labels = (labels if "fp32" in dtypes else []) + ["bf16"]
         for label, where in [(label, where) for label in labels for where in args.torch_process.split(",")]:
             if where == "separate":
                 row, calls, torch_score = prepare_torch_process(params, args.size, on_gpu, label, workdir)

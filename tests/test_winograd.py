@@ -119,8 +119,10 @@ def test_policy_picks_winograd_where_it_pays():
     assert _tile((1, 14, 14, 256), 256, "tensorfloat32") == 2        # too few 4x4 tiles
     assert _tile((1, 200, 200, 64), 64, "tensorfloat32") == 4
     assert _tile((1, 89, 89, 512), 512, padding=((0, -1), (1, 1))) is None   # cropping
-    x = jax.ShapeDtypeStruct((1, 89, 89, 512), jnp.bfloat16)          # bf16 compute: direct
+    x = jax.ShapeDtypeStruct((1, 89, 89, 512), jnp.bfloat16)          # bf16 compute: F(4x4)
     k = jax.ShapeDtypeStruct((3, 3, 512, 512), jnp.float32)
+    assert conv_grad.winograd_tile(x, k, (1, 1), ((1, 1), (1, 1)), (1, 1)) == 4
+    x = jax.ShapeDtypeStruct((1, 89, 89, 512), jnp.float16)           # other types: direct
     assert conv_grad.winograd_tile(x, k, (1, 1), ((1, 1), (1, 1)), (1, 1)) is None
     for strides, dilation in [((2, 2), (1, 1)), ((1, 1), (2, 2))]:
         k = jax.ShapeDtypeStruct((3, 3, 512, 512), jnp.float32)
@@ -154,3 +156,25 @@ def test_net_layer_uses_winograd_with_the_same_results(monkeypatch):
         np.testing.assert_allclose(got[0], direct[0], rtol=tol)
         for g, d in zip(got[1], direct[1]):
             np.testing.assert_allclose(g, d, rtol=0, atol=tol * np.abs(d).max())
+
+
+def test_bfloat16_input_computes_in_float32():
+    """In a bf16 pass (bfloat16 activations, float32 master kernel) the Winograd
+    convolution computes in float32: y and dx in bfloat16, the kernel's gradient in
+    float32, each within bfloat16's rounding of the float64 results."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 9, 10, 6)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
+    padding = ((1, 1), (1, 1))
+    xb = jnp.asarray(x, jnp.bfloat16)
+    x_rounded = np.asarray(xb.astype(jnp.float32))
+    y, pullback = jax.vjp(lambda a, b: winograd.winograd_conv(a, b, padding, 4), xb, jnp.asarray(k))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dk = pullback(jnp.asarray(dy, jnp.bfloat16))
+    assert y.dtype == dx.dtype == jnp.bfloat16 and dk.dtype == jnp.float32
+    ref = correlate(x_rounded, k, padding)
+    dy_rounded = np.asarray(jnp.asarray(dy, jnp.bfloat16).astype(jnp.float32))
+    ref_dx, ref_dk = correlate_grads(x_rounded, k, padding, dy_rounded)
+    for got, want, tol in [(y, ref, 8e-3), (dx, ref_dx, 8e-3), (dk, ref_dk, 2e-5)]:
+        got = np.asarray(jnp.asarray(got, jnp.float32))
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
