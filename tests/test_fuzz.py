@@ -734,6 +734,16 @@ def check_datum(args):
 test_datum, test_datum_long = check_datum
 
 
+def test_datum_with_an_empty_side_is_an_error():
+    """Found by the long run: channels 2^30+1, height 0, width 2^31-1 and no data passed
+    the size check (0 == 0) and NumPy could not even make the empty array."""
+    raw = b"\x08\x81\x80\x80\x80\x04\x10\x00\x18\xff\xff\xff\xff\x078\x00"
+    datum = datum_io.parse_datum(raw, "fuzz.lmdb record 0")
+    assert (datum.channels, datum.height, datum.width) == (2 ** 30 + 1, 0, 2 ** 31 - 1)
+    with pytest.raises(NetspecError, match="height=0.*each must be > 0"):
+        datum_io.datum_array(datum, "fuzz.lmdb record 0")
+
+
 @both(st.one_of(mutated_bytes(IMAGE_SEEDS), st.binary(max_size=64),
                 st.builds(_png_declaring, st.sampled_from([1, 3, 1 << 16, (1 << 31) - 1]),
                           st.sampled_from([1, 3, 1 << 16, (1 << 31) - 1]))), ci_examples=400)

@@ -93,8 +93,11 @@ def datum_array(datum, where, force_color=False, force_gray=False):
             raise NetspecError(f"{where}: encoded image has {image.dtype} pixels; Caffe needs 8-bit images")
         return image.transpose(2, 0, 1)
     c, h, w = datum.channels, datum.height, datum.width
-    if c <= 0 or h < 0 or w < 0:
-        raise NetspecError(f"{where}: Datum has channels={c}, height={h}, width={w}; channels must be > 0")
+    if c <= 0 or h <= 0 or w <= 0:
+        # (an empty image would make an empty blob of a shape NumPy may not even hold:
+        # channels 2^30 x height 0 x width 2^31, found by tests/test_fuzz.py)
+        raise NetspecError(f"{where}: Datum has channels={c}, height={h}, width={w}; "
+                           "each must be > 0")
     size = c * h * w
     if datum.data:
         if len(datum.data) != size:
