@@ -263,11 +263,14 @@ def winograd_tile(x, kernel, strides, padding, dilation):
             or strides != (1, 1) or dilation != (1, 1) or min(min(p) for p in padding) < 0):
         return None
     c, o = kernel.shape[2:]
-    out_h, out_w = (x.shape[1 + a] + sum(padding[a]) - 2 for a in range(2))
+    out_h, out_w, _, _ = winograd.tile_grid(x.shape, padding, 1)
     if c < WINOGRAD_MIN_CHANNELS or out_h < 1 or out_w < 1:
         return None
     wide = min(c, o) >= WINOGRAD_WIDE_CHANNELS
-    tiles = lambda m: x.shape[0] * -(-out_h // m) * -(-out_w // m)
+
+    def tiles(m):
+        _, _, th, tw = winograd.tile_grid(x.shape, padding, m)
+        return x.shape[0] * th * tw
     if x.dtype == jnp.bfloat16 or str(jax.config.jax_default_matmul_precision).lower() == "tensorfloat32":
         if tiles(4) >= WINOGRAD_MIN_TILES and (wide or x.size * 4 <= WINOGRAD4_MAX_NARROW_INPUT_BYTES):
             return 4

@@ -81,8 +81,9 @@ def _apply(matrix, a, axis):
     return jnp.moveaxis(out, 0, axis)
 
 
-def _geometry(x_shape, padding, m):
-    """Output size (oh, ow) and tile counts (th, tw)."""
+def tile_grid(x_shape, padding, m):
+    """Output size (oh, ow) and m x m tile counts (th, tw) of a 3x3 stride-1 convolution
+    of an (N, H, W, C) input with ``padding``."""
     oh = x_shape[1] + sum(padding[0]) - 2
     ow = x_shape[2] + sum(padding[1]) - 2
     return oh, ow, -(-oh // m), -(-ow // m)
@@ -109,7 +110,7 @@ def input_transform(x, padding, m):
     """V: (m+2)^2 x (N*th*tw) x C, the B^T d B of every input tile."""
     bt = transforms(m)[0]
     n, h, w, c = x.shape
-    _, _, th, tw = _geometry(x.shape, padding, m)
+    _, _, th, tw = tile_grid(x.shape, padding, m)
     (top, _), (left, _) = padding
     xp = jnp.pad(x, ((0, 0), (top, m * th + 2 - h - top), (left, m * tw + 2 - w - left), (0, 0)))
     rows = [lax.slice_in_dim(xp, i, i + m * (th - 1) + 1, m, 1) for i in range(m + 2)]
@@ -125,7 +126,7 @@ def input_transform_transpose(dv, x_shape, padding, m):
     the (padded) input and cropped to x's shape."""
     b = transforms(m)[0].T
     n, h, w, c = x_shape
-    _, _, th, tw = _geometry(x_shape, padding, m)
+    _, _, th, tw = tile_grid(x_shape, padding, m)
     t = m + 2
     dv = dv.reshape(t, t, n, th, tw, c)
     rows = _combine(b, [dv[i] for i in range(t)])
@@ -208,7 +209,7 @@ def winograd_conv(x, kernel, padding, m):
 
 
 def _forward(x, kernel, padding, m):
-    oh, ow, th, tw = _geometry(x.shape, padding, m)
+    oh, ow, th, tw = tile_grid(x.shape, padding, m)
     v = input_transform(x.astype(jnp.float32), padding, m)
     u = filter_transform(kernel.astype(jnp.float32), m)
     mt = _batched_matmul(v, u, 2, 1)
@@ -221,7 +222,7 @@ def _forward(x, kernel, padding, m):
 
 def _backward(padding, m, residuals, dy):
     x, kernel = residuals
-    _, _, th, tw = _geometry(x.shape, padding, m)
+    _, _, th, tw = tile_grid(x.shape, padding, m)
     v = input_transform(x.astype(jnp.float32), padding, m)
     u = filter_transform(kernel.astype(jnp.float32), m)
     dm = output_transform_transpose(dy.astype(jnp.float32), th, tw, m)
