@@ -39,17 +39,6 @@ def read_net(model_dir, filename):
 
 
 @pytest.mark.parametrize('model_dir', REGION_MODELS)
-def test_net_py_regenerates_the_checked_in_prototxts_byte_for_byte(model_dir, tmp_path):
-    module = load_module(model_dir)
-    module.write_prototxts(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == sorted(module.SPLITS)
-    for filename in module.SPLITS:
-        with open(os.path.join(MODELS, model_dir, filename), 'rb') as f:
-            checked_in = f.read()
-        assert (tmp_path / filename).read_bytes() == checked_in, f'{model_dir}/{filename}'
-
-
-@pytest.mark.parametrize('model_dir', REGION_MODELS)
 def test_solver_parses_and_names_existing_nets(model_dir):
     with open(os.path.join(MODELS, model_dir, 'solver.prototxt')) as f:
         solver = text_format.Parse(f.read(), caffe_pb2.SolverParameter())
