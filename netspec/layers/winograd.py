@@ -106,54 +106,64 @@ def _combine(matrix, parts):
     return out
 
 
+def _tile_transform(xp, matrix, m, th, tw):
+    """``matrix @ tile @ matrix^T`` of every tile of the padded (N, H, W, C) map ``xp``,
+    tiles of ``matrix.shape[1]`` x ``matrix.shape[1]`` cells placed m apart: returns
+    (p^2, N*th*tw, C) for a (p, q) matrix.  Written out (``_combine``) over strided
+    slices, one stack per row of the result: XLA fuses each row's stack of p components
+    with the slices and sums into one pass over memory, where a single stack of all p^2
+    components (more operands than XLA:CPU fuses into a concatenation) was written
+    component by component and then copied (1.4-2.5x slower on FCN-8s's maps)."""
+    p, q = matrix.shape
+    n, c = xp.shape[0], xp.shape[-1]
+    rows = [lax.slice_in_dim(xp, i, i + m * (th - 1) + 1, m, 1) for i in range(q)]
+    groups = []
+    for row in _combine(matrix, rows):
+        cols = [lax.slice_in_dim(row, j, j + m * (tw - 1) + 1, m, 2) for j in range(q)]
+        groups.append(jnp.stack(_combine(matrix, cols)).reshape(p, n * th * tw, c))
+    return jnp.concatenate(groups)
+
+
 def input_transform(x, padding, m):
     """V: (m+2)^2 x (N*th*tw) x C, the B^T d B of every input tile."""
-    bt = transforms(m)[0]
     n, h, w, c = x.shape
     _, _, th, tw = tile_grid(x.shape, padding, m)
     (top, _), (left, _) = padding
     xp = jnp.pad(x, ((0, 0), (top, m * th + 2 - h - top), (left, m * tw + 2 - w - left), (0, 0)))
-    rows = [lax.slice_in_dim(xp, i, i + m * (th - 1) + 1, m, 1) for i in range(m + 2)]
-    v = []
-    for row in _combine(bt, rows):
-        cols = [lax.slice_in_dim(row, j, j + m * (tw - 1) + 1, m, 2) for j in range(m + 2)]
-        v += _combine(bt, cols)
-    return jnp.stack(v).reshape((m + 2) ** 2, n * th * tw, c)
+    return _tile_transform(xp, transforms(m)[0], m, th, tw)
 
 
 def input_transform_transpose(dv, x_shape, padding, m):
     """The adjoint of ``input_transform``: each tile's B dV B^T, overlap-added back into
-    the (padded) input and cropped to x's shape."""
+    the (padded) input and cropped to x's shape.  Cell (m*Y + r, m*X + s) of the padded
+    input gathers tile cell (r + m*a, s + m*b) of tile (Y - a, X - b) for the a, b that
+    keep the tile cell inside the (m+2)-wide tile: each of the m^2 phases (r, s) is a sum
+    of shifted tile-cell maps, and the phases interleave into the input."""
     b = transforms(m)[0].T
     n, h, w, c = x_shape
     _, _, th, tw = tile_grid(x_shape, padding, m)
     t = m + 2
     dv = dv.reshape(t, t, n, th, tw, c)
     rows = _combine(b, [dv[i] for i in range(t)])
-    z = jnp.stack([jnp.stack(_combine(b, [r[j] for j in range(t)]), 3) for r in rows], 2)
-    z = _overlap_add(z, 3, m)                                    # (n, th, t, m*tw+2, c)
-    z = _overlap_add(z, 1, m)                                    # (n, m*th+2, m*tw+2, c)
+    z = [_combine(b, [r[j] for j in range(t)]) for r in rows]   # z[i][j]: (n, th, tw, c)
+    zero = jnp.zeros((), dv.dtype)
+
+    def shifted(cell, a, b):    # the map of tile cell ``cell`` moved a tiles down, b right
+        return lax.pad(cell, zero, [(0, 0, 0), (a, 1 - a, 0), (b, 1 - b, 0), (0, 0, 0)])
+    phase_rows = []
+    for r in range(m):
+        phases = []
+        for s_ in range(m):
+            terms = [shifted(z[r + m * a][s_ + m * b_], a, b_)
+                     for a in range(2) if r + m * a < t for b_ in range(2) if s_ + m * b_ < t]
+            total = terms[0]
+            for term in terms[1:]:
+                total = total + term
+            phases.append(total)
+        phase_rows.append(jnp.stack(phases, 3))                 # (n, th+1, tw+1, m, c)
+    full = jnp.stack(phase_rows, 2).reshape(n, m * (th + 1), m * (tw + 1), c)
     (top, _), (left, _) = padding
-    return z[:, top:top + h, left:left + w]
-
-
-def _overlap_add(z, axis, m):
-    """Sum tiles of m+2 along ``axis`` (tile index) and ``axis+1`` (position in the
-    tile) placed m apart: the axis pair becomes one of length m*count+2."""
-    count = z.shape[axis]
-    merged = list(z.shape)
-    merged[axis:axis + 2] = [count * m]
-    head = lax.slice_in_dim(z, 0, m, axis=axis + 1).reshape(merged)
-    tail = lax.slice_in_dim(z, m, m + 2, axis=axis + 1)
-    zero = jnp.zeros((), z.dtype)
-    widen = [(0, 0, 0)] * z.ndim
-    widen[axis + 1] = (0, m - 2, 0)
-    tail = lax.pad(tail, zero, widen).reshape(merged)
-    head_cfg = [(0, 0, 0)] * len(merged)
-    head_cfg[axis] = (0, 2, 0)
-    tail_cfg = [(0, 0, 0)] * len(merged)
-    tail_cfg[axis] = (m, 2 - m, 0)                  # shift one tile on, drop the overflow
-    return lax.pad(head, zero, head_cfg) + lax.pad(tail, zero, tail_cfg)
+    return full[:, top:top + h, left:left + w]
 
 
 def filter_transform(kernel, m):
@@ -181,13 +191,10 @@ def output_transform(mt, out_shape, m):
 
 
 def output_transform_transpose(dy, th, tw, m):
-    """The adjoint of ``output_transform``: dM from dY."""
-    a = transforms(m)[2].T
+    """The adjoint of ``output_transform``: dM from dY, A dY A^T of every m x m tile."""
     n, oh, ow, o = dy.shape
-    t = m + 2
     dy = jnp.pad(dy, ((0, 0), (0, m * th - oh), (0, m * tw - ow), (0, 0)))
-    dy = jnp.transpose(dy.reshape(n, th, m, tw, m, o), (2, 4, 0, 1, 3, 5))
-    return _apply(a, _apply(a, dy, 0), 1).reshape(t * t, n * th * tw, o)
+    return _tile_transform(dy, transforms(m)[2].T, m, th, tw)
 
 
 def _batched_matmul(a, b, contract_a, contract_b):
