@@ -84,11 +84,25 @@ def _count_cache_hits(event, **kwargs):
 jax.monitoring.register_event_listener(_count_cache_hits)
 
 
+# XLA options for every executable compiled on the CPU.  Region-based copy insertion
+# lets a training step update a weight in place although the backward pass still reads
+# it (fc6's 411 MB weight was copied every FCN-8s step without it): 0.1 s of a 5.1 s
+# step on the 2-core EPYC (BENCHMARKS.md).
+CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def compiler_options():
+    """The XLA options for executables compiled now (``CPU_COMPILER_OPTIONS`` when they
+    will run on the CPU, as ``conv_grad.runs_on_cpu`` decides)."""
+    from .layers.conv_grad import runs_on_cpu
+    return dict(CPU_COMPILER_OPTIONS) if runs_on_cpu() else {}
+
+
 def compile_logged(fn, args, what, log=None):
     """``fn`` (a ``jax.jit`` function) lowered and compiled for ``args``, with one log line."""
     hits = _cache_hits[0]
     start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = fn.lower(*args).compile(compiler_options=compiler_options() or None)
     seconds = time.perf_counter() - start
     from_cache = _cache_hits[0] > hits
     TOTALS.count += 1
