@@ -94,6 +94,9 @@ def test_padded_training_compiles_per_bucket_and_matches_exact_shapes(tmp_path, 
     exact, exact_log = train(tmp_path, data_dir, "off", capfd)
 
     steps = re.findall(r"Compiled train step of net \"mini-fcn\", bucket (\S+)", padded_log)
+    # auto: the first image's size runs exact, every later size in its bucket
+    assert steps[0] == "exact" and "exact" not in steps[1:]
+    steps = steps[1:]
     assert 1 <= len(steps) <= 16 and len(set(steps)) == len(steps)
     assert set(steps) <= {"128x64", "128x96", "128x128", "64x128", "96x128"}
     exact_steps = re.findall(r"Compiled train step of net \"mini-fcn\", bucket exact (\S+)", exact_log)
@@ -138,7 +141,7 @@ def test_voc_fcn8s_train_net_with_active_dropout_runs_padded():
     data.ClearField("python_param")
     data.input_param.shape.add().dim.extend([1, 3, 375, 500])
     data.input_param.shape.add().dim.extend([1, 1, 375, 500])
-    net = netspec.Net(net_param, phase=netspec.TRAIN)
+    net = netspec.Net(net_param, phase=netspec.TRAIN, buckets=32)
     assert [n.type for n in net.graph.nodes].count("Dropout") == 2
     plan = net.plan()
     assert plan.padded

@@ -598,16 +598,36 @@ def test_coarsest_stride(text, stride):
     assert coarsest_stride(graph_of(text, 130, 130)) == stride
 
 
+def _auto_bucketing(text):
+    net_param = parse_net(text)
+    return Bucketing(lambda shapes: build_graph(net_param, TRAIN, input_shapes=shapes), "auto")
+
+
+def test_auto_policy_runs_the_first_shapes_exact_and_buckets_from_the_second():
+    bucketing = _auto_bucketing(STRIDE_16)
+    first = bucketing.plan({"data": (1, 3, 17, 100)})
+    assert not first.padded and first.graph is first.exact
+    assert first.graph.blob_shapes["data"] == (1, 3, 17, 100)
+    second = bucketing.plan({"data": (1, 3, 40, 50)})
+    assert second.padded and second.bucket == {"data": (1, 3, 64, 64)}
+    # the first shapes keep their exact plan (and executable); an explicit policy pads at once
+    assert bucketing.plan({"data": (1, 3, 17, 100)}) is first
+    net_param = parse_net(STRIDE_16)
+    multiple = Bucketing(lambda shapes: build_graph(net_param, TRAIN, input_shapes=shapes), 32)
+    assert multiple.plan({"data": (1, 3, 17, 100)}).bucket == {"data": (1, 3, 32, 128)}
+
+
 def test_auto_policy_rounds_to_the_coarsest_stride_when_it_exceeds_32():
-    def bucketing(text):
-        net_param = parse_net(text)
-        return Bucketing(lambda shapes: build_graph(net_param, TRAIN, input_shapes=shapes), "auto")
-    plan = bucketing(STRIDE_64).plan({"data": (1, 3, 130, 70)})
+    def second_plan(text, shapes):
+        bucketing = _auto_bucketing(text)
+        bucketing.plan({name: shape[:2] + (5 * 32, 5 * 32) for name, shape in shapes.items()})
+        return bucketing.plan(shapes)
+    plan = second_plan(STRIDE_64, {"data": (1, 3, 130, 70)})
     assert plan.padded and plan.bucket == {"data": (1, 3, 192, 128)}
     assert plan.exact.blob_shapes["data"] == (1, 3, 130, 70)
-    plan = bucketing(FCN8S).plan({"data": (1, 3, 33, 20), "label": (1, 1, 33, 20)})
+    plan = second_plan(FCN8S, {"data": (1, 3, 33, 20), "label": (1, 1, 33, 20)})
     assert plan.bucket == {"data": (1, 3, 64, 32), "label": (1, 1, 64, 32)}
-    plan = bucketing(STRIDE_16).plan({"data": (1, 3, 17, 100)})
+    plan = second_plan(STRIDE_16, {"data": (1, 3, 17, 100)})
     assert plan.bucket == {"data": (1, 3, 32, 128)}
 
 

@@ -101,6 +101,6 @@ def test_a_second_process_loads_the_executable_from_the_cache(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", SCRIPT, str(path)], env=env, capture_output=True,
                            text=True, check=True).stdout for _ in range(2)]
     assert "from the compile cache" not in runs[0]
-    assert re.search(r'Compiled forward of net "fcnish" \(TEST\), bucket 32x32 in .* s \(from the compile cache\)',
+    assert re.search(r'Compiled forward of net "fcnish" \(TEST\), bucket exact 20x20 in .* s \(from the compile cache\)',
                      runs[1])
     assert any(os.scandir(tmp_path / "cache"))

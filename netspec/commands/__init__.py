@@ -4,8 +4,9 @@
 def add_execution_arguments(p):
     """``--buckets``, ``--precision`` and ``--no-compile-cache``, for every command that runs a net."""
     p.add_argument("--buckets", default="auto", metavar="N|SIZES|off",
-                   help="input sizes that share one compiled executable: auto (default: each side "
-                        "rounded up to a multiple of 32 or of the net's coarsest stride), N (a "
+                   help="input sizes that share one compiled executable: auto (default: the first size "
+                        "runs exact, later sizes get each side rounded up to a multiple of 32 or of "
+                        "the net's coarsest stride), N (a "
                         "multiple of N), a list of side sizes (256,384,512), or off (exact shapes, "
                         "one compile per size); results are exact either way")
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
