@@ -129,15 +129,18 @@ def test_block_rows_sizes_the_patch_block():
     assert conv_grad.block_rows(4, 10_000, 9 * 512, 8) == 1  # at least one row
 
 
-def test_cpu_weight_grad_for_few_and_many_channels():
-    """Below and at MIN_BLOCKED_CHANNELS (kernel-row GEMMs, blocked GEMMs): the naive sum."""
+def test_cpu_weight_grad_for_few_and_many_channels_and_cropping():
+    """Blocked GEMMs for any channel count, kernel-row GEMMs for negative padding: the naive sum."""
     rs = np.random.RandomState(11)
-    pad = ((1, 1), (1, 1))
-    for c in (3, conv_grad.MIN_BLOCKED_CHANNELS):
+    for c, pad in ((3, ((1, 1), (1, 1))), (16, ((1, 1), (1, 1))), (3, ((-1, 1), (1, -1)))):
         x = _random((1, 6, 5, c), rs)
-        g = _random((1, 6, 5, 4), rs)
+        g_shape = (1, 6 + sum(pad[0]) - 2, 5 + sum(pad[1]) - 2, 4)
+        g = _random(g_shape, rs)
         dw = conv_grad.weight_grad_cpu(x, g, (3, 3), (1, 1), pad, (1, 1))
-        np.testing.assert_allclose(dw, _naive_weight_grad(x, g, (3, 3), (1, 1), pad, (1, 1)),
+        xp = np.asarray(x)[:, max(-pad[0][0], 0):x.shape[1] - max(-pad[0][1], 0),
+                           max(-pad[1][0], 0):x.shape[2] - max(-pad[1][1], 0)]
+        kept = tuple((max(p[0], 0), max(p[1], 0)) for p in pad)
+        np.testing.assert_allclose(dw, _naive_weight_grad(xp, g, (3, 3), (1, 1), kept, (1, 1)),
                                    rtol=1e-5, atol=1e-4)
 
 

@@ -67,7 +67,7 @@ def _shifted_view(xp, i, j, strides, dilation, out_hw):
 
 def weight_grad_gemm(x, g, kernel_hw, strides, padding, dilation):
     """d(loss)/d(kernel) as kernel-row GEMMs over the whole map; x (N, H, W, C),
-    g (N, OH, OW, O).  Kept for few-channel inputs (conv1_1's C=3)."""
+    g (N, OH, OW, O).  Any padding, also negative (cropping)."""
     kh, kw = kernel_hw
     c, o = x.shape[-1], g.shape[-1]
     xp = _pad_hw(x, padding)
@@ -182,15 +182,11 @@ def weight_grad_blocked(x, g, kernel_hw, strides, padding, dilation, rows=None):
     return total.reshape(kh, kw, c, o)
 
 
-# Below this many input channels the blocked GEMM's patch columns (KH*KW*C) are too
-# few for the GEMM to run well and the kernel-row GEMMs are as fast (conv1_1: C=3).
-MIN_BLOCKED_CHANNELS = 16
-
-
 def weight_grad_cpu(x, g, kernel_hw, strides, padding, dilation):
-    """The CPU weight gradient: blocked im2col GEMMs, or kernel-row GEMMs for few channels
-    (and negative padding, i.e. cropping)."""
-    if x.shape[-1] < MIN_BLOCKED_CHANNELS or min(min(p) for p in padding) < 0:
+    """The CPU weight gradient: blocked im2col GEMMs, or kernel-row GEMMs for negative
+    padding (cropping).  (The blocked GEMMs also win for few channels since their patches
+    are channel-major: conv1_1's 3 channels, 42 -> 29 ms.)"""
+    if min(min(p) for p in padding) < 0:
         return weight_grad_gemm(x, g, kernel_hw, strides, padding, dilation)
     return weight_grad_blocked(x, g, kernel_hw, strides, padding, dilation)
 
