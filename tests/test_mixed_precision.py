@@ -93,11 +93,16 @@ def test_bf16_training_keeps_float32_weights_and_history(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_in_bf16_scores_within_two_points_of_fp32(tmp_path, capsys):
-    """The quick start's mean IU in bf16 against fp32, averaged over three seeds.
+    """The quick start's mean IU in bf16 reaches fp32's within 2 points, averaged over
+    three seeds.
 
     One seed is not a measurement: the quick start trains from scratch, and a change of
-    float32 summation order alone moved its mean IU from 65.2 to 67.7; across seeds
-    0, 1, 2 fp32 gave 67.7, 66.2, 72.4 and bf16 62.8, 66.5, 75.1 (means 68.8 and 68.1)."""
+    float32 summation order alone moved seed 0's mean IU between 63.4 and 67.7 (the losses
+    agree to 4-5 digits for 60 iterations, then diverge).  Across seeds 0, 1, 2 fp32 gave
+    67.7, 66.2, 72.4 and bf16 62.8, 66.5, 75.1 before the 2026-11-30 convolution-gradient
+    changes, fp32 63.8, 61.9, 64.7 and bf16 68.6, 65.4, 71.4 after them (seeds 3-5, fp32:
+    51.4, 69.2, 54.8 before, 56.0, 69.5, 58.6 after).  So the check is the one the issue
+    asks for, one-sided: bf16 may not lose more than 2 points, and may score higher."""
     from netspec.cli import main
     ious = {"fp32": [], "bf16": []}
     for precision in ious:
@@ -107,4 +112,4 @@ def test_quickstart_in_bf16_scores_within_two_points_of_fp32(tmp_path, capsys):
                          "--seed", str(seed)]) == 0
             out = capsys.readouterr().out
             ious[precision].append(float(re.search(r"mean IU ([\d.]+) on", out).group(1)))
-    assert abs(np.mean(ious["bf16"]) - np.mean(ious["fp32"])) <= 2.0, ious
+    assert np.mean(ious["bf16"]) >= np.mean(ious["fp32"]) - 2.0, ious
