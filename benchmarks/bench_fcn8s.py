@@ -498,7 +498,7 @@ def print_table(rows):
               + "".join(f"{_fmt(r.get(k)):>17}" for k in keys))
     peers = {r["dtype"]: r for r in rows if r["impl"] == "pytorch-eager"}
     for r in rows:
-        peer = peers.get(PRECISIONS.get(r["precision"], {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16"}.get(r["dtype"])))
+        peer = peers.get(PRECISIONS.get(r["precision"], r["dtype"]))
         if r["impl"] != "netspec" or not peer:
             continue
         for key, what in (("step_s", "training step"), ("facade_s", "forward()+backward() vs its fwd+bwd"),

@@ -51,18 +51,25 @@ def _conv_fwd(x, kernel, strides, padding, dilation):
     return _xla_conv(x, kernel.astype(x.dtype), strides, padding, dilation), (x, kernel)
 
 
-def _pad_hw(x, padding):
-    config = [(0, 0, 0), (padding[0][0], padding[0][1], 0), (padding[1][0], padding[1][1], 0),
-              (0, 0, 0)]
+# the spatial axes of an (N, H, W, C) array, and of its channel-major (C, N, H, W) copy
+NHWC_SPATIAL, CNHW_SPATIAL = (1, 2), (2, 3)
+
+
+def _pad_hw(x, padding, axes=NHWC_SPATIAL):
+    """x zero-padded by ``padding`` ((lo, hi), (lo, hi)) on its spatial ``axes``."""
+    config = [(0, 0, 0)] * x.ndim
+    for axis, (lo, hi) in zip(axes, padding):
+        config[axis] = (lo, hi, 0)
     return lax.pad(x, lax.full((), 0, x.dtype), config)
 
 
-def _shifted_view(xp, i, j, strides, dilation, out_hw):
-    """xp[:, i*dh + sh*oh, j*dw + sw*ow, :] for all output positions (oh, ow)."""
-    n, _, _, c = xp.shape
-    top, left = i * dilation[0], j * dilation[1]
-    limit = (n, top + (out_hw[0] - 1) * strides[0] + 1, left + (out_hw[1] - 1) * strides[1] + 1, c)
-    return lax.slice(xp, (0, top, left, 0), limit, (1, strides[0], strides[1], 1))
+def _shifted_view(xp, i, j, strides, dilation, out_hw, axes=NHWC_SPATIAL):
+    """xp[.., i*dh + sh*oh, j*dw + sw*ow, ..] for all output positions (oh, ow), on the
+    spatial ``axes``."""
+    start, limit, step = [0] * xp.ndim, list(xp.shape), [1] * xp.ndim
+    for axis, offset, stride, size in zip(axes, (i * dilation[0], j * dilation[1]), strides, out_hw):
+        start[axis], limit[axis], step[axis] = offset, offset + (size - 1) * stride + 1, stride
+    return lax.slice(xp, start, limit, step)
 
 
 def weight_grad_gemm(x, g, kernel_hw, strides, padding, dilation):
@@ -99,16 +106,11 @@ def block_rows(n, out_w, kernel_elems, out_channels):
     return max(1, -(-target // (n * out_w * kernel_elems)))
 
 
-def _pad_rows_cols(xt, pad_hw):
-    """Zero padding of the last two axes (rows, columns) of a channel-major (C, N, H, W) array."""
-    config = [(0, 0, 0), (0, 0, 0), (pad_hw[0][0], pad_hw[0][1], 0), (pad_hw[1][0], pad_hw[1][1], 0)]
-    return lax.pad(xt, lax.full((), 0, xt.dtype), config)
-
-
 def _slab_weight_grad(slab_t, g_rows, kernel_hw, strides, dilation, pad_hw):
     """(KH*KW*C, O) float32 weight-gradient contribution of output rows ``g_rows``
     (N, r, OW, O) read from the input rows ``slab_t`` (C, N, rows, W), channel-major,
-    which ``_pad_rows_cols(slab_t, pad_hw)`` makes exactly the padded rows those outputs see.
+    which ``_pad_hw(slab_t, pad_hw, CNHW_SPATIAL)`` makes exactly the padded rows those
+    outputs see.
 
     The patches are built transposed, (KH*KW*C, N*r*OW), so that the product is a plain
     (M, K) @ (K, N) GEMM: XLA:CPU runs that form with YNNPACK at about 180 GFLOP/s on
@@ -116,15 +118,10 @@ def _slab_weight_grad(slab_t, g_rows, kernel_hw, strides, dilation, pad_hw):
     (conv1_2 of FCN-8s: 280 ms against 375 ms for the whole weight gradient)."""
     kh, kw = kernel_hw
     n, r, ow, o = g_rows.shape
-    slab_t = _pad_rows_cols(slab_t, pad_hw)
-    c = slab_t.shape[0]
-    views = []
-    for i in range(kh):
-        for j in range(kw):
-            top, left = i * dilation[0], j * dilation[1]
-            limit = (c, n, top + (r - 1) * strides[0] + 1, left + (ow - 1) * strides[1] + 1)
-            views.append(lax.slice(slab_t, (0, 0, top, left), limit, (1, 1, strides[0], strides[1])))
-    patches_t = lax.concatenate(views, 0).reshape(kh * kw * c, n * r * ow)
+    slab_t = _pad_hw(slab_t, pad_hw, CNHW_SPATIAL)
+    views = [_shifted_view(slab_t, i, j, strides, dilation, (r, ow), CNHW_SPATIAL)
+             for i in range(kh) for j in range(kw)]
+    patches_t = lax.concatenate(views, 0).reshape(kh * kw * slab_t.shape[0], n * r * ow)
     return lax.dot_general(patches_t, g_rows.reshape(n * r * ow, o), (((1,), (0,)), ((), ())),
                            precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 

@@ -79,6 +79,14 @@ def tile_grid(x_shape, padding, m):
     return oh, ow, -(-oh // m), -(-ow // m)
 
 
+def _left_multiply(matrix, a):
+    """The constant ``matrix`` (p, q) times ``a`` viewed as (q, rest): (p, rest), exactly
+    (Precision.HIGHEST).  A product's result is materialized, so what reads it reads each
+    value once rather than re-deriving it inside its own fusion."""
+    return lax.dot_general(jnp.asarray(matrix, a.dtype), a.reshape(matrix.shape[1], -1),
+                           (((1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST)
+
+
 def _combine(matrix, parts):
     """``[sum_j matrix[i, j] * parts[j] for every row i]``, skipping zero terms and
     multiplications by +-1: the input and output transforms written out, which XLA
@@ -133,12 +141,9 @@ def input_transform_transpose(dv, x_shape, padding, m):
     n, h, w, c = x_shape
     _, _, th, tw = tile_grid(x_shape, padding, m)
     t = m + 2
-    # z = (B (x) B) dV as one small product: a GEMM's result is materialized, so the
-    # interleaving below (fused with whatever reads dx, e.g. a ReLU's mask) reads each
-    # tile cell once instead of re-deriving it from dV per output cell
-    kron = np.kron(b, b)
-    z = lax.dot_general(jnp.asarray(kron, dv.dtype), dv.reshape(t * t, -1), (((1,), (0,)), ((), ())),
-                        precision=lax.Precision.HIGHEST).reshape(t, t, n, th, tw, c)
+    # z = (B (x) B) dV as one small product, materialized: the interleaving below (fused
+    # with whatever reads dx, e.g. a ReLU's mask) reads each tile cell once
+    z = _left_multiply(np.kron(b, b), dv).reshape(t, t, n, th, tw, c)
     zero = jnp.zeros((), dv.dtype)
 
     def shifted(cell, a, b):    # the map of tile cell ``cell`` moved a tiles down, b right
@@ -149,10 +154,7 @@ def input_transform_transpose(dv, x_shape, padding, m):
         for s_ in range(m):
             terms = [shifted(z[r + m * a][s_ + m * b_], a, b_)
                      for a in range(2) if r + m * a < t for b_ in range(2) if s_ + m * b_ < t]
-            total = terms[0]
-            for term in terms[1:]:
-                total = total + term
-            phases.append(total)
+            phases.append(sum(terms[1:], terms[0]))
         phase_rows.append(jnp.stack(phases, 3))                 # (n, th+1, tw+1, m, c)
     full = jnp.stack(phase_rows, 2).reshape(n, m * (th + 1), m * (tw + 1), c)
     (top, _), (left, _) = padding
@@ -163,16 +165,12 @@ def filter_transform(kernel, m):
     """U: (m+2)^2 x C x O, G g G^T of every (input, output) channel pair: one product of
     (G (x) G) with the kernel viewed as (9, C*O), no transposes of the kernel."""
     g = transforms(m)[1]
-    u = lax.dot_general(jnp.asarray(np.kron(g, g), kernel.dtype), kernel.reshape(9, -1),
-                        (((1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST)
-    return u.reshape((-1,) + kernel.shape[2:])
+    return _left_multiply(np.kron(g, g), kernel).reshape((-1,) + kernel.shape[2:])
 
 
 def filter_transform_transpose(du, m):
     g = transforms(m)[1]
-    dk = lax.dot_general(jnp.asarray(np.kron(g, g).T, du.dtype), du.reshape(du.shape[0], -1),
-                         (((1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST)
-    return dk.reshape((3, 3) + du.shape[1:])
+    return _left_multiply(np.kron(g, g).T, du).reshape((3, 3) + du.shape[1:])
 
 
 def output_transform(mt, out_shape, m):
